@@ -1,0 +1,1 @@
+"""Benchmark suite: YAML specs -> runs -> JSON results -> the README table."""

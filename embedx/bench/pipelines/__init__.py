@@ -1,0 +1,1 @@
+"""Benchmark pipelines: ``run(ctx) -> {"metrics": {...}, "headline": [...], "details": {...}}``."""

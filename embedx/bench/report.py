@@ -1,0 +1,61 @@
+"""Render committed benchmark results as a markdown table and splice it into the README
+between ``<!-- bench:start -->`` and ``<!-- bench:end -->``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from indexing.fsutil import atomic_write_text
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def load_results(results_dir: Path) -> list[dict]:
+    out = []
+    for p in sorted(Path(results_dir).glob("*.json")):
+        try:
+            out.append(json.loads(p.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: invalid JSON: {e}") from None
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v == 0 or 0.001 <= abs(v) < 1e5:
+            return f"{v:.4g}" if abs(v) < 1 else f"{v:,.3f}".rstrip("0").rstrip(".")
+        return f"{v:.3g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "—" if v is None else str(v)
+
+
+def render_table(results: list[dict]) -> str:
+    lines = ["| Benchmark | Metric | Value | Target | Status |", "|---|---|---|---|---|"]
+    for r in results:
+        checks = {c["metric"]: c for c in r.get("checks", [])}
+        for metric in r.get("headline", []):
+            c = checks.get(metric)
+            value = r.get("metrics", {}).get(metric)
+            target = c["target"] if c else ""
+            status = ("pass" if c["passed"] else "**FAIL**") if c else ""
+            lines.append(f"| `{r['spec']}` | {metric} | {_fmt(value)} | {target} | {status} |")
+    machines = {(r.get("machine", {}).get("cpu"), r.get("machine", {}).get("cpu_count")) for r in results}
+    foot = [f"- `{r['spec']}`: {r.get('description', '').strip()} Run {r.get('date', '?')}, "
+            f"{r.get('duration_s', '?')} s, commit `{(r.get('commit') or '?')[:12]}`." for r in results]
+    mach = "; ".join(f"{cpu or '?'} ({n} cores)" for cpu, n in sorted(machines, key=str))
+    return "\n".join(lines + ["", f"Measured on: {mach}.", ""] + foot)
+
+
+def update_readme(readme: Path, results_dir: Path) -> str:
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise ValueError(f"{readme}: no '{START}' ... '{END}' block to fill")
+    table = render_table(load_results(results_dir))
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    atomic_write_text(readme, f"{head}{START}\n{table}\n{END}{tail}")
+    return table

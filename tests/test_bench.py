@@ -1,0 +1,103 @@
+"""Benchmark specs, runner and README report."""
+
+import json
+
+import pytest
+
+from embedx.bench import runner
+from embedx.bench.report import END, START, render_table, update_readme
+from embedx.bench.spec import Check, SpecError, find_specs, load_spec
+
+
+def write_spec(tmp_path, name="toy", body=None):
+    body = body or (
+        "name: {name}\npipeline: toy\ndescription: a toy\n"
+        "params: {{value: 0.5}}\n"
+        "checks:\n  - {{metric: score, expected: 0.5, tolerance: 0.01}}\n  - {{metric: speed, min: 2}}\n")
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(body.replace("{{", "{").replace("}}", "}").replace("{name}", name))
+    return p
+
+
+def test_check_semantics():
+    assert Check("m", expected=0.679, tolerance=0.002).evaluate(0.6805)
+    assert not Check("m", expected=0.679, tolerance=0.002).evaluate(0.6815)
+    assert Check("m", min=1.0).evaluate(1.0) and not Check("m", min=1.0).evaluate(0.99)
+    assert Check("m", max=1.05).evaluate(1.04) and not Check("m", max=1.05).evaluate(1.06)
+    assert Check("m", equals=True).evaluate(True) and not Check("m", equals=True).evaluate(False)
+    assert not Check("m", min=0).evaluate(None)
+    assert not Check("m", min=0).evaluate(float("nan"))
+
+
+def test_load_spec_and_errors(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    assert spec.name == "toy" and spec.params == {"value": 0.5} and len(spec.checks) == 2
+    with pytest.raises(SpecError, match="file name"):
+        load_spec(write_spec(tmp_path, "other", "name: nope\npipeline: toy\n"))
+    with pytest.raises(SpecError, match="pipeline"):
+        load_spec(write_spec(tmp_path, "nopipe", "name: nopipe\n"))
+    with pytest.raises(SpecError, match="unknown keys"):
+        load_spec(write_spec(tmp_path, "badcheck", "name: badcheck\npipeline: t\nchecks:\n  - {metric: x, min: 1, maxx: 2}\n"))
+    with pytest.raises(SpecError, match="needs expected"):
+        load_spec(write_spec(tmp_path, "nobound", "name: nobound\npipeline: t\nchecks:\n  - {metric: x}\n"))
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_spec(write_spec(tmp_path, "broken", "name: [\n"))
+
+
+def test_project_specs_are_valid():
+    from embedx.paths import benchmarks_dir
+    specs = find_specs(benchmarks_dir() / "specs")
+    assert {"scifact-bm25", "sparse-parity", "index-speed"} <= set(specs)
+    for path in specs.values():
+        spec = load_spec(path)
+        runner.resolve_pipeline(spec.pipeline)  # every named pipeline exists and imports
+
+
+def test_run_spec_writes_result_and_checks(tmp_path, monkeypatch):
+    import sys
+    import types
+    mod = types.ModuleType("toy_pipeline")
+    mod.run = lambda ctx: {"metrics": {"score": ctx.params["value"], "speed": 1.5}}
+    monkeypatch.setitem(sys.modules, "toy_pipeline", mod)
+    monkeypatch.setitem(runner.PIPELINES, "toy", "toy_pipeline:run")
+    spec = load_spec(write_spec(tmp_path))
+    rec = runner.run_spec(spec, data_root=tmp_path, results_dir=tmp_path / "results", work_dir=tmp_path / "w")
+    saved = json.loads((tmp_path / "results" / "toy.json").read_text())
+    assert saved["metrics"] == {"score": 0.5, "speed": 1.5}
+    assert [c["passed"] for c in saved["checks"]] == [True, False] and saved["passed"] is False
+    assert {"machine", "versions", "date", "commit"} <= set(saved) and rec["spec"] == "toy"
+    rec = runner.run_spec(spec, data_root=tmp_path, results_dir=None, work_dir=tmp_path / "w",
+                          overrides={"value": 0.9})
+    assert rec["checks"][0]["passed"] is False
+
+
+def test_unknown_pipeline():
+    with pytest.raises(ValueError, match="unknown pipeline"):
+        runner.resolve_pipeline("nope")
+
+
+def test_missing_dataset_skips(tmp_path):
+    spec = load_spec(write_spec(tmp_path, "ds", "name: ds\npipeline: toy\ndataset: {path: absent}\n"))
+    ctx = runner.Context(spec=spec, data_root=tmp_path, work_dir=tmp_path)
+    with pytest.raises(runner.BenchmarkSkipped):
+        ctx.dataset_path()
+
+
+def test_report_splices_table_into_readme(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "a.json").write_text(json.dumps({
+        "spec": "a", "description": "A.", "metrics": {"ndcg@10": 0.6789, "qps": 1234.5}, "headline": ["ndcg@10", "qps"],
+        "checks": [{"metric": "ndcg@10", "target": "0.679 ± 0.002", "passed": True}],
+        "date": "2026-01-01", "duration_s": 3, "commit": "abc", "machine": {"cpu": "X", "cpu_count": 2}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    update_readme(readme, res)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| `a` | ndcg@10 | 0.6789 | 0.679 ± 0.002 | pass |" in text
+    assert "| `a` | qps | 1,234.5 |" in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="bench:start"):
+        update_readme(readme, res)
+    assert "Measured on" in render_table([])
