@@ -24,9 +24,10 @@ class _UserErrors(click.Group):
     def invoke(self, ctx):
         from .bench.spec import SpecError
         from .data.errors import DataFormatError
+        from .eval import EvaluationError
         try:
             return super().invoke(ctx)
-        except (EmbedxIndexError, DataFormatError, SpecError, FileNotFoundError) as e:
+        except (EmbedxIndexError, DataFormatError, EvaluationError, SpecError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from None
 
 
