@@ -53,7 +53,8 @@ def check_sparse(matrix, n_cols: int | None = None, name: str = "sparse vectors"
                  allow_negative: bool = False) -> sp.csr_matrix:
     """Validate a sparse batch (rows x vocabulary) and return it as a canonical float32 CSR matrix.
 
-    Canonical means sorted indices and summed duplicates. Negative weights are refused
+    Canonical means sorted indices and summed duplicates. Input that already is one is
+    returned as is (not copied): callers must not modify it. Negative weights are refused
     unless ``allow_negative``: impact indexes assume non-negative term weights.
     """
     if not sp.issparse(matrix):
@@ -65,9 +66,12 @@ def check_sparse(matrix, n_cols: int | None = None, name: str = "sparse vectors"
     if n_cols is not None and matrix.shape[1] != n_cols:
         raise InvalidInputError(
             f"{name} have vocabulary size {matrix.shape[1]}, the index expects {n_cols}")
-    csr = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-    csr.sum_duplicates()
-    csr.sort_indices()
+    if matrix.format == "csr" and matrix.dtype == np.float32 and matrix.has_canonical_format:
+        csr = matrix  # fast path for search: already canonical, nothing to copy
+    else:
+        csr = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        csr.sum_duplicates()
+        csr.sort_indices()
     if not np.isfinite(csr.data).all():
         raise InvalidInputError(f"{name} contain NaN or infinite weights")
     if not allow_negative and (csr.data < 0).any():
