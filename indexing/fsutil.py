@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _default_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_FILE_MODE = _default_mode()
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry (a rename or a new file) to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -33,6 +44,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         encoding = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; readers may be other users
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
