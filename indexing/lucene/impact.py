@@ -1,0 +1,127 @@
+"""Lucene impact index: integer term impacts searched by Anserini's ImpactSimilarity.
+
+The learned-sparse counterpart of :class:`indexing.sparse.ImpactIndex`, in the index
+format Pyserini and Anserini use for SPLADE / uniCOIL (``-impact -pretokenized``). A
+document's impact for a term is stored as that term's frequency, and a query is a sum of
+weighted term queries, so a score is ``sum(query weight * impact)`` in Lucene's float
+arithmetic (each product rounded to float32, the sum taken in double). Give it the same
+uint8 impacts as the native index (:func:`indexing.quantize.quantize_uint8`) and the two
+agree: exactly when the query weights are small integers (term counts), to float32
+rounding of the products otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BundleError
+from ..fsutil import atomic_write_text
+from ..ids import IdTable
+from ..results import SearchResults
+from ..validation import check_k, check_sparse
+from . import jvm
+from .base import CONTENTS, LuceneIndex, build_index, check_threads, ensure_max_clauses, read_json, read_row_map
+from .collection import check_impacts, check_vocab, write_vector_collection
+
+logger = logging.getLogger(__name__)
+
+VOCAB_FILE = "vocab.json"
+
+
+class LuceneImpactIndex(LuceneIndex):
+    """Exact top-k inner product over integer impacts, in a Lucene index built by Anserini."""
+
+    kind = "lucene-impact"
+    metric = "ip"
+
+    def __init__(self, index_dir: Path, ids: IdTable, rows: np.ndarray, settings: dict[str, Any],
+                 vocab: list[str]):
+        super().__init__(index_dir, ids, rows, settings)
+        self.vocab = vocab
+        self._keys: np.ndarray | None = None  # JSON-quoted terms, made on first search
+
+    @classmethod
+    def build(cls, directory: str | os.PathLike, ids: Sequence[str], impacts, vocab: Sequence[str],
+              threads: int = 1) -> "LuceneImpactIndex":
+        """Index ``impacts`` (scipy.sparse, n_docs x vocab, non-negative integers) into ``directory``.
+
+        Float weights must be quantised first; rows without any impact are kept as ids but
+        cannot be found. ``threads`` Anserini indexing threads.
+        """
+        threads = check_threads(threads)
+        ids = list(ids)
+        csr = check_impacts(impacts, len(ids))
+        table = IdTable.from_ids(ids, len(ids))
+        terms = check_vocab(vocab, csr.shape[1])
+        index_dir = build_index(
+            directory, lambda folder: write_vector_collection(folder, table.array, csr, terms, threads),
+            collection_class="JsonVectorCollection", threads=threads, impact=True, pretokenized=True)
+        rows = read_row_map(index_dir, table)
+        settings = {"vocab_size": len(terms), "anserini": jvm.anserini_version(jvm.anserini_jar())}
+        logger.info("built a Lucene impact index in %s: %d documents (%d with impacts), vocab %d",
+                    index_dir, len(table), len(rows), len(terms))
+        return cls(index_dir, table, rows, settings, terms)
+
+    def __repr__(self) -> str:
+        return f"LuceneImpactIndex(docs={len(self)}, vocab_size={len(self.vocab)}, path={str(self.path)!r})"
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {**super().manifest_fields(), "vocab_size": len(self.vocab)}
+
+    def search(self, queries, k: int, threads: int = 1) -> SearchResults:
+        """Top ``k`` documents per row of ``queries`` (scipy.sparse, n_queries x vocab, weights >= 0).
+
+        Scores are Lucene's: the sum over shared terms of float32(weight * impact).
+        Ties rank by row. ``threads`` lets Lucene search index segments in parallel.
+        """
+        k = check_k(k)
+        threads = check_threads(threads)
+        q = check_sparse(queries, n_cols=len(self.vocab), name="queries")
+        q.eliminate_zeros()
+        searcher = self._searcher(("impact",), lambda java: java.ImpactSimilarity(), threads)
+        java = jvm.start()
+        lengths = np.diff(q.indptr)
+        ensure_max_clauses(java, int(lengths.max(initial=0)))
+        if self._keys is None:
+            self._keys = np.array([json.dumps(t, ensure_ascii=False) + ":" for t in self.vocab], dtype=object)
+        # Each query crosses into Java as one JSON object {term: weight} that Jackson turns
+        # into the Map<String, Float> Anserini's query generator takes; float32 weights
+        # print in shortest round-trip form, so Java sees the very same floats.
+        terms = self._keys[q.indices] + q.data.astype(str).astype(object)
+        reader, generator = _query_tools(java)
+        jqueries = []
+        for lo, hi in zip(q.indptr[:-1].tolist(), q.indptr[1:].tolist()):
+            if lo == hi:
+                jqueries.append(None)
+                continue
+            weights = reader.readValue("{" + ",".join(terms[lo:hi].tolist()) + "}")
+            jqueries.append(generator.buildQuery(CONTENTS, weights))
+        return self._run(searcher, jqueries, k)
+
+    def _save_extra(self, directory: Path) -> list[str]:
+        atomic_write_text(directory / VOCAB_FILE, json.dumps(self.vocab, ensure_ascii=False))
+        return [VOCAB_FILE]
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "LuceneImpactIndex":
+        """Open a saved index (see :meth:`save`): checks its files, starts the JVM, opens Lucene."""
+        index_dir, ids, rows, settings = cls._load_parts(directory, mmap)
+        vocab = read_json(Path(directory) / VOCAB_FILE)
+        if (not isinstance(vocab, list) or len(vocab) != settings.get("vocab_size")
+                or not all(isinstance(t, str) for t in vocab)):
+            raise BundleError(f"{Path(directory) / VOCAB_FILE} is not a list of {settings.get('vocab_size')} terms")
+        index = cls(index_dir, ids, rows, settings, vocab)
+        index.open()
+        return index
+
+
+def _query_tools(java: jvm.Java) -> tuple:
+    """(Jackson reader of JSON into Map<String, Float>, Anserini query generator), made once."""
+    return java.shared("impact-query", lambda j: (
+        j.ObjectMapper().readerForMapOf(j.jclass("java.lang.Float")), j.BagOfWordsQueryGenerator()))
