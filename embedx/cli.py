@@ -311,6 +311,31 @@ def bench_report(bench_dir, readme) -> None:
     click.echo(table)
 
 
+# ---------------------------------------------------------------- train
+class _LazyGroup(click.Group):
+    """Subcommands imported on first use, so `embedx --help` and the index commands never
+    pay for importing torch."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@main.group(cls=_LazyGroup, lazy={"tables": "embedx.tables.train:cli"})
+def train() -> None:
+    """Train models: `tables` (CTR models over compressed embedding tables)."""
+
+
 # ---------------------------------------------------------------- demo
 @main.command()
 @click.option("--corpus", "corpus_path", type=click.Path(exists=True, path_type=Path),

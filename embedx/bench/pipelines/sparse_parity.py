@@ -47,7 +47,7 @@ def run(ctx: Context) -> dict:
         "same_impacts": same_impacts,
         "identical_topk_ties_aside": n_same_rank,
         "identical_topk_fraction": n_same_rank / n,
-        "identical_topk_exact_order": n_same_rank and n_exact,
+        "identical_topk_exact_order": n_exact,
         "same_scores_fraction": n_same_score / n,
         "max_abs_score_diff": max_abs,
         "k": k,
