@@ -175,7 +175,7 @@ def search(bundle_path, queries, k, vectors, as_json, fields) -> None:
 @click.option("--save-run", type=click.Path(path_type=Path), help="Write the bundle's run as a TREC file.")
 def eval_cmd(dataset, split, qrels_path, run_path, bundle_path, metrics, depth, save_run) -> None:
     """Score a TREC run, or a bundle on a BEIR data set, with standard IR metrics (ranx)."""
-    from .data import load_beir, load_qrels
+    from .data import load_beir
     from .data.trec import read_run, write_run
     from .eval import evaluate
 

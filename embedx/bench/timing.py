@@ -9,10 +9,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-def time_calls(fn: Callable[[int], object], n: int) -> np.ndarray:
-    """Seconds taken by ``fn(i)`` for i in range(n), one timing per call."""
+def time_calls(fn: Callable[[int], object], n: int, clock: Callable[[], float] = time.perf_counter) -> np.ndarray:
+    """Seconds taken by ``fn(i)`` for i in range(n), one timing per call.
+
+    ``clock`` is wall time by default; ``time.thread_time`` (CPU time of this thread) suits
+    single-threaded overhead ratios on a shared machine, where wall time also counts the
+    time another process held the core.
+    """
     out = np.empty(n, dtype=np.float64)
-    clock = time.perf_counter
     for i in range(n):
         t = clock()
         fn(i)
@@ -20,14 +24,32 @@ def time_calls(fn: Callable[[int], object], n: int) -> np.ndarray:
     return out
 
 
-def alternate(fns: dict[str, Callable[[int], object]], n: int, rounds: int) -> dict[str, np.ndarray]:
+def alternate(fns: dict[str, Callable[[int], object]], n: int, rounds: int,
+              clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
     """Run each system's n calls in turn, for several rounds; returns all per-call timings
     (rounds x n) per system. Alternating rounds spreads machine noise evenly."""
     out = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            out[name].append(time_calls(fn, n))
+            out[name].append(time_calls(fn, n, clock))
     return {name: np.stack(v) for name, v in out.items()}
+
+
+def interleaved(a: Callable[[int], object], b: Callable[[int], object], n: int, rounds: int,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[np.ndarray, np.ndarray]:
+    """Per-call timings (rounds x n) of two systems called on the same input back to back,
+    the order swapped on every call: both see the same machine state and the same warm
+    caches, so their ratio measures the systems rather than the noise between rounds."""
+    ta, tb = np.empty((rounds, n)), np.empty((rounds, n))
+    for r in range(rounds):
+        for i in range(n):
+            if (i + r) % 2:
+                t0 = clock(); a(i); t1 = clock(); b(i); t2 = clock()  # noqa: E702
+                ta[r, i], tb[r, i] = t1 - t0, t2 - t1
+            else:
+                t0 = clock(); b(i); t1 = clock(); a(i); t2 = clock()  # noqa: E702
+                tb[r, i], ta[r, i] = t1 - t0, t2 - t1
+    return ta, tb
 
 
 def latency_stats(per_call_s: np.ndarray) -> dict[str, float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from ...data import load_beir
 from ...eval import evaluate
