@@ -25,8 +25,13 @@ def _fmt(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        if v == 0 or 0.001 <= abs(v) < 1e5:
-            return f"{v:.4g}" if abs(v) < 1 else f"{v:,.3f}".rstrip("0").rstrip(".")
+        a = abs(v)
+        if v == 0 or 0.001 <= a < 1:
+            return f"{v:.4g}"
+        if 1 <= a < 100:
+            return f"{v:.3f}".rstrip("0").rstrip(".")
+        if 100 <= a < 1e7:
+            return f"{v:,.1f}".rstrip("0").rstrip(".")
         return f"{v:.3g}"
     if isinstance(v, int):
         return f"{v:,}"
