@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from indexing.fsutil import atomic_write_text
 
@@ -93,7 +94,8 @@ class BM25Weighting:
 
     def fit_transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """Learn the vocabulary and idf from ``texts`` and return their impact matrix."""
-        tokens = [self.analyzer(t) for t in texts]
+        tokens = [self.analyzer(t) for t in tqdm(texts, desc="tokenize", unit="doc", disable=None,
+                                                  leave=False, mininterval=1.0)]
         self.vocab = Vocabulary.from_documents(tokens)
         tf = term_counts(tokens, self.vocab)
         n_docs = tf.shape[0]
