@@ -13,14 +13,13 @@ round-trip exactly (``load_x(write_x(d, x)) == x``).
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Mapping
 
-from .errors import DataFormatError
+from .errors import DataFormatError, integer_grade
 from .jsonl import iter_jsonl, iter_lines, open_text_writer, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -351,13 +350,7 @@ def write_qrels(directory: str | os.PathLike, qrels: Mapping[str, Mapping[str, i
             _check_tsv_id(qid, "query id", target)
             for doc_id, grade in docs.items():
                 _check_tsv_id(doc_id, "document id", target)
-                if isinstance(grade, bool):
-                    raise DataFormatError(f"grade of ({qid!r}, {doc_id!r}) must be an integer, got bool", target)
-                try:
-                    grade = operator.index(grade)
-                except TypeError:
-                    raise DataFormatError(f"grade of ({qid!r}, {doc_id!r}) must be an integer, "
-                                          f"got {grade!r}", target) from None
+                grade = integer_grade(qid, doc_id, grade, target)
                 f.write(f"{qid}\t{doc_id}\t{grade}\n")
     return target
 

@@ -6,6 +6,7 @@ A bad data file is a user mistake, not a bug, so the error is a ``ValueError`` t
 
 from __future__ import annotations
 
+import operator
 import os
 
 
@@ -30,3 +31,14 @@ class DataFormatError(ValueError):
 
     def __reduce__(self):  # keep path/line across pickling (multiprocessing workers)
         return (type(self), (self.reason, self.path, self.line))
+
+
+def integer_grade(qid: str, doc_id: str, grade, path) -> int:
+    """A relevance grade as an int, or a DataFormatError naming the pair (bools are refused:
+    ``True`` would silently become grade 1)."""
+    if not isinstance(grade, bool):
+        try:
+            return operator.index(grade)
+        except TypeError:
+            pass
+    raise DataFormatError(f"grade of ({qid!r}, {doc_id!r}) must be an integer, got {grade!r}", path)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 from pathlib import Path
 from typing import Mapping
 
-from .errors import DataFormatError
+from .errors import DataFormatError, integer_grade
 from .jsonl import iter_lines, open_text_writer
 
 Run = dict[str, dict[str, float]]
@@ -129,13 +128,7 @@ def write_qrels_trec(path: str | os.PathLike, qrels: Mapping[str, Mapping[str, i
             _check_token(qid, "query id", path)
             for doc_id, grade in docs.items():
                 _check_token(doc_id, "document id", path)
-                if isinstance(grade, bool):
-                    raise DataFormatError(f"grade of ({qid!r}, {doc_id!r}) must be an integer, got bool", path)
-                try:
-                    grade = operator.index(grade)
-                except TypeError:
-                    raise DataFormatError(f"grade of ({qid!r}, {doc_id!r}) must be an integer, "
-                                          f"got {grade!r}", path) from None
+                grade = integer_grade(qid, doc_id, grade, path)
                 f.write(f"{qid} 0 {doc_id} {grade}\n")
                 n += 1
     return n
