@@ -23,6 +23,7 @@ PIPELINES: dict[str, str] = {
     "lucene-bm25": "embedx.bench.pipelines.bm25:run",
     "sparse-parity": "embedx.bench.pipelines.sparse_parity:run",
     "index-speed": "embedx.bench.pipelines.index_speed:run",
+    "tables-core": "embedx.bench.pipelines.tables_core:run",
 }
 
 
