@@ -51,6 +51,9 @@ _PARAM_CACHE_SIZE = 64
 _F32 = np.dtype(np.float32)
 _ptr = faiss.swig_ptr
 _sum_squares = faiss.fvec_norm_L2sqr
+# Index types whose search only ever pads at the end of a row (checked by exact type).
+_TRAILING_PADDING = frozenset(getattr(faiss, n) for n in (
+    "IndexFlat", "IndexFlatIP", "IndexFlatL2", "IndexHNSWFlat") if hasattr(faiss, n))
 
 
 class ReadOnlyIndexError(EmbedxIndexError):
@@ -206,9 +209,14 @@ class DenseIndex:
             self.index.search_c(nq, ptr, kk, _ptr(scores), _ptr(rows), sp)
             if self._negate:
                 np.negative(scores, out=scores)
-            # rows.argmin is the cheapest exact scan for padding (row -1): a full scan, since
-            # some FAISS indexes (IVF fast-scan) can return -1 rows with ordinary scores.
-            if kk == k and rows.item(rows.argmin()) >= 0:
+            # Padding (row -1): exact flat and HNSW search sort hits best first and put any
+            # missing hit last, so the last column tells; every other index gets a full scan
+            # (rows.argmin), since some (IVF fast-scan) can return -1 rows mid-list.
+            if type(self.index) in _TRAILING_PADDING:
+                padded = (rows.item(-1) if nq == 1 else rows[:, -1].min()) < 0
+            else:
+                padded = rows.item(rows.argmin()) < 0
+            if kk == k and not padded:
                 return SearchResults(rows, scores, self._id_array[rows])  # what from_rows returns
         if kk < k:
             scores = np.pad(scores, ((0, 0), (0, k - kk)))
