@@ -97,11 +97,6 @@ def search_texts(bundle, texts: Sequence[str], k: int) -> SearchResults:
     return bundle.search(encode_queries(bundle, texts), k)
 
 
-def search_vectors(bundle, vectors, k: int) -> SearchResults:
-    """Search a bundle with dense vectors (``.npy``) or sparse vectors (``.npz``) already encoded."""
-    return bundle.search(vectors, k)
-
-
 def load_vectors(path: str | Path):
     """Load query or document vectors: ``.npy`` (dense float) or ``.npz`` (scipy.sparse)."""
     path = Path(path)

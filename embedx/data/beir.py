@@ -204,15 +204,22 @@ def load_qrels(path_or_dir: str | os.PathLike, split: str = "test") -> dict[str,
         qid, doc_id, grade = cols[0].strip(), cols[1].strip(), cols[2].strip()
         if not qid or not doc_id:
             raise DataFormatError(f"empty {'query-id' if not qid else 'corpus-id'}", path, lineno)
-        try:
-            score = int(grade)
-        except ValueError:
-            raise DataFormatError(f"score must be an integer, got {grade!r}", path, lineno) from None
-        docs = qrels.setdefault(qid, {})
-        if doc_id in docs:
-            raise DataFormatError(f"duplicate judgement of query {qid!r}, document {doc_id!r}", path, lineno)
-        docs[doc_id] = score
+        add_judgement(qrels, qid, doc_id, grade, path, lineno, "score")
     return qrels
+
+
+def add_judgement(qrels: dict, qid: str, doc_id: str, grade: str, path: Path, lineno: int,
+                  column: str = "grade") -> None:
+    """Parse one judgement's integer grade and record it, refusing a repeated (query, doc) pair;
+    shared by the BEIR .tsv and TREC qrels readers."""
+    try:
+        value = int(grade)
+    except ValueError:
+        raise DataFormatError(f"{column} must be an integer, got {grade!r}", path, lineno) from None
+    docs = qrels.setdefault(qid, {})
+    if doc_id in docs:
+        raise DataFormatError(f"duplicate judgement of query {qid!r}, document {doc_id!r}", path, lineno)
+    docs[doc_id] = value
 
 
 def _few(items: Iterable[str], n: int = 5) -> str:

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from .beir import add_judgement
 from .errors import DataFormatError, integer_grade
 from .jsonl import iter_lines, open_text_writer
 
@@ -108,14 +109,7 @@ def read_qrels_trec(path: str | os.PathLike) -> Qrels:
         if len(cols) != 4:
             raise DataFormatError(f"expected 4 columns (qid iter docid grade), got {len(cols)}", path, lineno)
         qid, _, doc_id, grade = cols
-        try:
-            value = int(grade)
-        except ValueError:
-            raise DataFormatError(f"grade must be an integer, got {grade!r}", path, lineno) from None
-        docs = qrels.setdefault(qid, {})
-        if doc_id in docs:
-            raise DataFormatError(f"duplicate judgement of query {qid!r}, document {doc_id!r}", path, lineno)
-        docs[doc_id] = value
+        add_judgement(qrels, qid, doc_id, grade, path, lineno)
     return qrels
 
 
