@@ -1,0 +1,179 @@
+"""The inference-free query encoder: a tokenizer and an IDF table, no model at query time.
+
+A query's vector has ``idf(t)`` for each unique non-special token ``t`` (Geng et al., 2024);
+``idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))`` over the corpus the documents came from, so
+scoring a document is ``sum_t idf(t) * w_d(t)``. Tokens never seen in the corpus text get the
+largest IDF: a learned document encoder can still expand into them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from serving.encoders.base import ENCODER_FILE, EncoderError, read_encoder_config
+
+IDF_FILE = "idf.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def bm25_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
+    """``ln(1 + (N - df + 0.5) / (df + 0.5))``, the non-negative BM25 IDF."""
+    df = np.asarray(df, dtype=np.float64)
+    return np.log1p((n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
+def load_tokenizer(source):
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file, a folder holding one, or itself."""
+    from tokenizers import Tokenizer
+
+    if isinstance(source, Tokenizer):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise EncoderError(f"no tokenizer at {source} (expected {TOKENIZER_FILE})")
+    return Tokenizer.from_file(str(path))
+
+
+def special_token_ids(tokenizer) -> np.ndarray:
+    return np.array(sorted(i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special),
+                    dtype=np.int64)
+
+
+def _token_id_lists(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    return [enc.ids for enc in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+class IdfQueryEncoder:
+    """Tokenizer + IDF table -> sparse query vectors (float32 CSR over the tokenizer's vocabulary)."""
+
+    kind = "sparse"
+
+    def __init__(self, tokenizer, idf: np.ndarray, *, space_id: str | None = None, n_docs: int | None = None):
+        self.tokenizer = load_tokenizer(tokenizer)
+        idf = np.asarray(idf, dtype=np.float32)
+        vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if idf.ndim != 1 or idf.shape[0] != vocab_size:
+            raise EncoderError(f"idf has shape {idf.shape}, the tokenizer's vocabulary has {vocab_size} ids")
+        if not np.all(np.isfinite(idf)) or (idf < 0).any():
+            raise EncoderError("idf values must be finite and non-negative")
+        self.idf = idf.copy()
+        self.idf[special_token_ids(self.tokenizer)] = 0.0
+        self.dimension = int(vocab_size)
+        self.n_docs = n_docs
+        self.encoder_hash = self._hash()
+        self.space_id = space_id
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_corpus(cls, tokenizer, texts: Iterable[str], *, batch_size: int = 4096,
+                    space_id: str | None = None) -> "IdfQueryEncoder":
+        """Document frequencies of each token id over ``texts`` (one text per document)."""
+        tok = load_tokenizer(tokenizer)
+        df = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+        n_docs, chunk = 0, []
+
+        def count(chunk):
+            for ids in _token_id_lists(tok, chunk):
+                df[np.unique(np.asarray(ids, dtype=np.int64))] += 1
+
+        for text in texts:
+            if not isinstance(text, str):
+                raise EncoderError(f"document texts must be strings, got {type(text).__name__}")
+            chunk.append(text)
+            if len(chunk) == batch_size:
+                count(chunk)
+                n_docs, chunk = n_docs + len(chunk), []
+        if chunk:
+            count(chunk)
+            n_docs += len(chunk)
+        if n_docs == 0:
+            raise EncoderError("cannot compute IDF from an empty corpus")
+        return cls(tok, bm25_idf(df, n_docs), space_id=space_id, n_docs=n_docs)
+
+    # -- encoding ---------------------------------------------------------------------------
+    def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Unique non-special token ids of each text, in first-seen order."""
+        out = []
+        for ids in _token_id_lists(self.tokenizer, texts):
+            ids = np.asarray(ids, dtype=np.int64)
+            _, first = np.unique(ids, return_index=True)
+            ids = ids[np.sort(first)]
+            out.append(ids[self.idf[ids] > 0])
+        return out
+
+    def encode(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of texts, not one string")
+        lists = [np.sort(ids) for ids in self.token_ids(texts)]
+        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([len(ids) for ids in lists])
+        indices = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+        data = self.idf[indices].astype(np.float32)
+        return sparse.csr_matrix((data, indices.astype(np.int32), indptr), shape=(len(lists), self.dimension))
+
+    def vocabulary(self) -> list[str]:
+        """Token strings by id (what a sparse index records as its vocabulary)."""
+        vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+        names = [""] * self.dimension
+        for token, i in vocab.items():
+            names[i] = token
+        return names
+
+    def describe(self) -> dict:
+        return {"type": "idf", "kind": self.kind, "dimension": self.dimension, "space_id": self.space_id,
+                "hash": self.encoder_hash, "n_docs": self.n_docs}
+
+    # -- persistence ------------------------------------------------------------------------
+    def _hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.tokenizer.to_str().encode())
+        h.update(self.idf.tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``encoder.json``, ``tokenizer.json`` and ``idf.json`` (token -> idf, the paper's format)."""
+        from indexing.fsutil import atomic_open
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = self.vocabulary()
+        table = {names[i]: float(v) for i, v in enumerate(self.idf) if v > 0 and names[i]}
+        with atomic_open(folder / TOKENIZER_FILE, "w") as f:
+            f.write(self.tokenizer.to_str())
+        with atomic_open(folder / IDF_FILE, "w") as f:
+            json.dump(table, f, ensure_ascii=False)
+        with atomic_open(folder / ENCODER_FILE, "w") as f:
+            json.dump(self.describe(), f, indent=2)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "IdfQueryEncoder":
+        folder = Path(folder)
+        config = read_encoder_config(folder)
+        if config["type"] != "idf":
+            raise EncoderError(f"{folder} holds a {config['type']!r} encoder, not 'idf'")
+        tok = load_tokenizer(folder)
+        try:
+            table = json.loads((folder / IDF_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise EncoderError(f"{folder / IDF_FILE}: {exc}") from None
+        vocab = tok.get_vocab(with_added_tokens=True)
+        idf = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.float32)
+        unknown = [t for t in table if t not in vocab]
+        if unknown:
+            raise EncoderError(f"{folder / IDF_FILE}: {len(unknown)} tokens not in the tokenizer, e.g. {unknown[:3]}")
+        for token, value in table.items():
+            idf[vocab[token]] = value
+        enc = cls(tok, idf, space_id=config.get("space_id"), n_docs=config.get("n_docs"))
+        if config.get("hash") not in (None, enc.encoder_hash):
+            raise EncoderError(f"{folder}: encoder hash {config['hash']} does not match its files ({enc.encoder_hash})")
+        return enc
