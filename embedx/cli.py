@@ -16,9 +16,30 @@ from indexing.errors import EmbedxIndexError
 log = logging.getLogger("embedx")
 
 DENSE_METRICS = ("ip", "l2", "cosine")
+# commands owned by a capability, imported only when called
+TOP_LEVEL_LAZY: dict[str, str] = {}
 
 
-class _UserErrors(click.Group):
+class _LazyGroup(click.Group):
+    """Subcommands imported on first use, so `embedx --help` and the index commands never
+    pay for importing torch."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+class _UserErrors(_LazyGroup):
     """Turn the library's user-facing errors into a clean one-line CLI error (exit 2)."""
 
     def invoke(self, ctx):
@@ -31,7 +52,7 @@ class _UserErrors(click.Group):
             raise click.ClickException(str(e)) from None
 
 
-@click.group(cls=_UserErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_UserErrors, lazy=TOP_LEVEL_LAZY, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="embedx")
 def main(verbose: int) -> None:
@@ -312,25 +333,6 @@ def bench_report(bench_dir, readme) -> None:
 
 
 # ---------------------------------------------------------------- train
-class _LazyGroup(click.Group):
-    """Subcommands imported on first use, so `embedx --help` and the index commands never
-    pay for importing torch."""
-
-    def __init__(self, *args, lazy: dict[str, str], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lazy = lazy
-
-    def list_commands(self, ctx):
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
-
-    def get_command(self, ctx, name):
-        if name in self.lazy:
-            import importlib
-            module, attr = self.lazy[name].split(":")
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
-
-
 @main.group(cls=_LazyGroup, lazy={"tables": "embedx.tables.train:cli"})
 def train() -> None:
     """Train models: `tables` (CTR models over compressed embedding tables)."""
