@@ -17,7 +17,7 @@ log = logging.getLogger("embedx")
 
 DENSE_METRICS = ("ip", "l2", "cosine")
 # commands owned by a capability, imported only when called
-TOP_LEVEL_LAZY: dict[str, str] = {}
+TOP_LEVEL_LAZY: dict[str, str] = {"serve": "serving.cli:serve"}
 
 
 class _LazyGroup(click.Group):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -72,6 +73,19 @@ def build_lexical_bundle(corpus: Mapping[str, Mapping], out: str | Path, *, kind
                             extra=extra)
 
 
+_LEXICAL_ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _lexical_encoder(index, enc: Mapping) -> tuple[Analyzer, Vocabulary]:
+    """The analyzer and term -> id map of a lexical index, built once per loaded index: building
+    the map costs milliseconds per call on a SciFact-sized vocabulary, more than the search."""
+    cached = _LEXICAL_ENCODERS.get(index)
+    if cached is None:
+        analyzer = Analyzer(frozenset(enc.get("stopwords", ())), enc.get("max_token_length", 64))
+        cached = _LEXICAL_ENCODERS[index] = (analyzer, Vocabulary(list(index.vocab)))
+    return cached
+
+
 def encode_queries(bundle, texts: Sequence[str]):
     """Turn query texts into what the bundle's index searches with, per its manifest."""
     texts = list(texts)
@@ -85,8 +99,7 @@ def encode_queries(bundle, texts: Sequence[str]):
     if kind == "text":
         return texts
     if kind == "analyzer-counts":
-        analyzer = Analyzer(frozenset(enc.get("stopwords", ())), enc.get("max_token_length", 64))
-        vocab = Vocabulary(list(bundle.index.vocab))
+        analyzer, vocab = _lexical_encoder(bundle.index, enc)
         return term_counts([analyzer(t) for t in texts], vocab)
     raise InvalidInputError(
         f"bundle {bundle.path} has no text query encoder (query_encoder={enc or None}); search it with vectors")
