@@ -346,10 +346,13 @@ def train() -> None:
               help="Where to write the index bundle.")
 @click.option("-k", "--k", default=3, show_default=True)
 @click.option("--query", "queries", multiple=True, help="Queries to run (default: the data set's own).")
-def demo(corpus_path, out, k, queries) -> None:
-    """The main job: index a corpus into a bundle, reload it verified, run queries, show timings."""
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="End by serving the bundle over HTTP on loopback and querying it.")
+def demo(corpus_path, out, k, queries, serve) -> None:
+    """The main job: index a corpus into a bundle, reload it verified, run queries, show timings,
+    then serve the bundle over HTTP and query it."""
     from .demo import run_demo
-    run_demo(corpus_path, out, k, list(queries), echo=click.echo)
+    run_demo(corpus_path, out, k, list(queries), echo=click.echo, serve=serve)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,8 @@
 
 Reads a BEIR corpus (by default the small one shipped in the package), writes a BM25
 impact bundle atomically, loads it back with checksums verified, answers the data set's
-queries, scores them when judgements exist, and reports where the time went.
+queries, scores them when judgements exist, reports where the time went, and finally serves the
+bundle over HTTP and queries it like a client.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable, Sequence
 
 
 def run_demo(corpus_path: Path | None, out: Path, k: int, queries: Sequence[str],
-             echo: Callable[[str], None] = print) -> dict:
+             echo: Callable[[str], None] = print, serve: bool = True) -> dict:
     from indexing.bundle import load_bundle
 
     from .data import demo_corpus_path, load_beir
@@ -61,4 +62,8 @@ def run_demo(corpus_path: Path | None, out: Path, k: int, queries: Sequence[str]
         echo(f"  {name:<24} {sec * 1e3:9.1f} ms")
     echo(f"  {'per query':<24} {search_s / len(texts) * 1e6:9.1f} us")
     bundle.close()
-    return {"bundle": str(path), "timings": timings, "scores": scores}
+    served = []
+    if serve:
+        from .demo_serve import serve_and_query
+        served = serve_and_query(path, texts[:3], k, echo)
+    return {"bundle": str(path), "timings": timings, "scores": scores, "served": served}

@@ -85,8 +85,11 @@ def test_demo_runs_end_to_end(run, tmp_path):
     out = run("demo", "--out", tmp_path / "bundle").output
     assert "quality:" in out and "timings:" in out and "ENIAC" in out
     assert (tmp_path / "bundle" / "manifest.json").exists()
+    # it ends with the server answering the first queries over HTTP
+    assert out.count("POST /v1/search") == 3 and "top: [" in out
     # a second run replaces the bundle atomically and still works
-    run("demo", "--out", tmp_path / "bundle", "--query", "ocean tides")
+    out = run("demo", "--out", tmp_path / "bundle", "--query", "ocean tides", "--no-serve").output
+    assert "POST /v1/search" not in out
 
 
 def test_bench_list(run):
