@@ -17,7 +17,7 @@ log = logging.getLogger("embedx")
 
 DENSE_METRICS = ("ip", "l2", "cosine")
 # commands owned by a capability, imported only when called
-TOP_LEVEL_LAZY: dict[str, str] = {"serve": "serving.cli:serve"}
+TOP_LEVEL_LAZY: dict[str, str] = {"serve": "serving.cli:serve", "sparse": "embedx.sparse.cli:sparse"}
 
 
 class _LazyGroup(click.Group):
@@ -333,9 +333,10 @@ def bench_report(bench_dir, readme) -> None:
 
 
 # ---------------------------------------------------------------- train
-@main.group(cls=_LazyGroup, lazy={"tables": "embedx.tables.train:cli"})
+@main.group(cls=_LazyGroup, lazy={"tables": "embedx.tables.train:cli", "sparse": "embedx.sparse.train:cli"})
 def train() -> None:
-    """Train models: `tables` (CTR models over compressed embedding tables)."""
+    """Train models: `tables` (CTR models over compressed embedding tables), `sparse` (inference-free
+    learned sparse document encoders)."""
 
 
 # ---------------------------------------------------------------- demo

@@ -40,6 +40,17 @@ class SparseDocEncoder(nn.Module):
         enc.source = str(path)
         return enc
 
+    def save_pretrained(self, folder: str | os.PathLike) -> str:
+        """Write the masked-LM and its tokenizer as a Hugging Face folder (safetensors), which
+        :meth:`from_pretrained` and the ONNX exporter read back."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError("this encoder has no tokenizer to save (build it with from_pretrained)")
+        os.makedirs(folder, exist_ok=True)
+        self.mlm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return os.fspath(folder)
+
     def _backbone(self) -> nn.Module:
         return getattr(self.mlm, self.mlm.base_model_prefix)
 
