@@ -17,7 +17,8 @@ log = logging.getLogger("embedx")
 
 DENSE_METRICS = ("ip", "l2", "cosine")
 # commands owned by a capability, imported only when called
-TOP_LEVEL_LAZY: dict[str, str] = {"serve": "serving.cli:serve", "sparse": "embedx.sparse.cli:sparse"}
+TOP_LEVEL_LAZY: dict[str, str] = {"serve": "serving.cli:serve", "sparse": "embedx.sparse.cli:sparse",
+                                   "export": "embedx.export.cli:export"}
 
 
 class _LazyGroup(click.Group):
