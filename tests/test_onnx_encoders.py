@@ -20,7 +20,8 @@ from embedx.export.tiny import tiny_dense_encoder, tiny_sparse_encoder, tiny_tok
 from serving.encoders import EncoderError, QueryEncoder, load_encoder  # noqa: E402
 from serving.encoders.base import sparse_rows  # noqa: E402
 from serving.encoders.onnx import OnnxDenseEncoder, OnnxSparseEncoder, encoder_hash, pool_tokens  # noqa: E402
-from serving.encoders.runtime import THREADS_ENV, TokenBatcher, create_session, default_threads, physical_cores  # noqa: E402
+from serving.encoders.runtime import (THREADS_ENV, TokenBatcher, create_session, default_threads,  # noqa: E402
+                                     physical_cores)
 
 TEXTS = ["The sun is a star.", "", "gravity", "Black holes bend light; 42 galaxies, 7 planets and a lot of water!",
          " ".join(["the energy of the sun"] * 40), "Search a sparse index with a dense query vector"]

@@ -101,6 +101,9 @@ class SparseMaxGraph(nn.Module):
         super().__init__()
         self.encoder = encoder
         head = encoder._head()
+        if head is None:
+            raise ValueError(f"{type(encoder.mlm).__name__}: masked-LM head is not one module (cls/lm_head); "
+                             "export supports BERT- and RoBERTa-style heads")
         out = encoder.mlm.get_output_embeddings()
         self.bias = None
         if isinstance(out, nn.Linear) and out.bias is not None:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from indexing.fsutil import atomic_open, fsync_dir
-from serving.encoders.onnx import FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, OnnxDenseEncoder, OnnxSparseEncoder, encoder_hash
+from serving.encoders.onnx import (FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, OnnxDenseEncoder, OnnxSparseEncoder,
+                                   encoder_hash)
 from serving.encoders.runtime import TokenBatcher
 
 from .graphs import DenseTokenGraph, SparseMaxGraph, eager_attention

@@ -54,15 +54,19 @@ class SparseDocEncoder(nn.Module):
     def _backbone(self) -> nn.Module:
         return getattr(self.mlm, self.mlm.base_model_prefix)
 
-    def _head(self) -> nn.Module:
-        for name in ("cls", "lm_head", "vocab_projector", "predictions"):
+    def _head(self) -> nn.Module | None:
+        """The whole hidden -> logits head when it is one module (BERT's ``cls``, RoBERTa's
+        ``lm_head``); ``None`` for models whose head is split across attributes (DistilBERT's
+        transform, norm and projector), which then take the plain masked path."""
+        for name in ("cls", "lm_head"):
             if hasattr(self.mlm, name):
                 return getattr(self.mlm, name)
-        return self.mlm.get_output_embeddings()
+        return None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(batch, seq)`` token ids and mask -> ``(batch, vocab)`` non-negative weights."""
-        if self.packed and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+        if (self.packed and self._head() is not None and not torch.jit.is_tracing()
+                and not torch.onnx.is_in_onnx_export()):
             return self._forward_packed(input_ids, attention_mask)
         logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
         logits = logits.masked_fill(attention_mask.unsqueeze(-1) == 0, 0.0)
