@@ -101,3 +101,13 @@ def test_report_splices_table_into_readme(tmp_path):
     with pytest.raises(ValueError, match="bench:start"):
         update_readme(readme, res)
     assert "Measured on" in render_table([])
+
+
+def test_checks_declared_not_run_are_neither_pass_nor_fail():
+    from embedx.bench.runner import evaluate_checks
+    from embedx.bench.spec import Check
+
+    checks = [Check(metric="a", min=1.0), Check(metric="b", min=1.0), Check(metric="c", min=1.0)]
+    out = evaluate_checks(checks, {"a": 2.0}, {"b": "model not trained"})
+    assert [c["passed"] for c in out] == [True, None, False]
+    assert "not trained" in out[1]["note"]

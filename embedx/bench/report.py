@@ -46,7 +46,7 @@ def render_table(results: list[dict]) -> str:
             c = checks.get(metric)
             value = r.get("metrics", {}).get(metric)
             target = c["target"] if c else ""
-            status = ("pass" if c["passed"] else "**FAIL**") if c else ""
+            status = ({True: "pass", False: "**FAIL**", None: "not run"}[c["passed"]]) if c else ""
             lines.append(f"| `{r['spec']}` | {metric} | {_fmt(value)} | {target} | {status} |")
     machines = {(r.get("machine", {}).get("cpu"), r.get("machine", {}).get("cpu_count")) for r in results}
     foot = [f"- `{r['spec']}`: {r.get('description', '').strip()} Run {r.get('date', '?')}, "

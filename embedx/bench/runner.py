@@ -24,6 +24,8 @@ PIPELINES: dict[str, str] = {
     "sparse-parity": "embedx.bench.pipelines.sparse_parity:run",
     "index-speed": "embedx.bench.pipelines.index_speed:run",
     "tables-core": "embedx.bench.pipelines.tables_core:run",
+    "serve-load": "embedx.bench.pipelines.serve_load:run",
+    "sparse-scifact": "embedx.bench.pipelines.sparse_scifact:run",
 }
 
 
@@ -60,6 +62,22 @@ def resolve_pipeline(name: str) -> Callable[[Context], dict]:
     return getattr(importlib.import_module(module), func)
 
 
+def evaluate_checks(spec_checks, metrics: dict, not_run: dict) -> list[dict]:
+    """Each spec check against the metrics. A check whose metric the pipeline declares not run
+    (with the reason, e.g. a model that was never trained) gets ``passed: None`` and the reason,
+    so it is neither a pass nor a failure, and the record's ``not_run`` lists it."""
+    checks = []
+    for c in spec_checks:
+        value = metrics.get(c.metric)
+        if value is None and c.metric in not_run:
+            checks.append({"metric": c.metric, "value": None, "target": c.describe(), "passed": None,
+                           "note": f"not run: {not_run[c.metric]}"})
+            continue
+        checks.append({"metric": c.metric, "value": value, "target": c.describe(), "passed": c.evaluate(value),
+                       "note": c.note})
+    return checks
+
+
 def run_spec(spec: Spec, *, data_root: Path, results_dir: Path | None, work_dir: Path,
              overrides: dict[str, Any] | None = None) -> dict:
     """Run one spec and return its result record; written to ``results_dir/<name>.json`` if given."""
@@ -72,11 +90,7 @@ def run_spec(spec: Spec, *, data_root: Path, results_dir: Path | None, work_dir:
     out = pipeline(ctx)
     elapsed = time.perf_counter() - t0
     metrics = out.get("metrics", {})
-    checks = []
-    for c in spec.checks:
-        value = metrics.get(c.metric)
-        checks.append({"metric": c.metric, "value": value, "target": c.describe(), "passed": c.evaluate(value),
-                       "note": c.note})
+    checks = evaluate_checks(spec.checks, metrics, out.get("not_run", {}))
     record = {
         "spec": spec.name,
         "description": spec.description,
@@ -87,7 +101,8 @@ def run_spec(spec: Spec, *, data_root: Path, results_dir: Path | None, work_dir:
         "headline": out.get("headline", [c.metric for c in spec.checks]),
         "details": out.get("details", {}),
         "checks": checks,
-        "passed": all(c["passed"] for c in checks),
+        "passed": all(c["passed"] is not False for c in checks),
+        "not_run": sorted(c["metric"] for c in checks if c["passed"] is None),
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round(elapsed, 2),
         "machine": machine_info(),
