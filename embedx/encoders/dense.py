@@ -62,7 +62,8 @@ def _pooling_mode(config: dict, path: Path) -> str:
         chosen = [mode for mode, key in modes.items() if config.get(key)]
     others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k not in modes.values()]
     if len(chosen) != 1 or others or chosen[0] not in POOLING_MODES:
-        raise ValueError(f"{path}: unsupported pooling {chosen + others}; supported: exactly one of {list(POOLING_MODES)}")
+        raise ValueError(f"{path}: unsupported pooling {chosen + others}; "
+                         f"supported: exactly one of {list(POOLING_MODES)}")
     return chosen[0]
 
 
