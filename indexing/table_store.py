@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import BundleError, ChecksumMismatchError, FormatVersionError, InvalidInputError
 from .fsutil import fsync_dir
-from .table_lookups import KERNELS
+from .table_lookups import KERNELS, aligned_empty
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,31 @@ def _read_array(path: Path, entry: dict, mmap: bool, verify: bool) -> np.ndarray
     if verify and _sha256(file) != entry["sha256"]:
         raise ChecksumMismatchError(f"{file} does not match the checksum in {MANIFEST}")
     try:
-        arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(file, mmap_mode="r", allow_pickle=False) if mmap else _load_aligned(file)
     except ValueError as e:
         raise BundleError(f"{file} is not a readable .npy array: {e}") from e
     if arr.dtype.str != entry["dtype"] or list(arr.shape) != entry["shape"]:
         raise BundleError(f"{file} holds {arr.dtype.str}{list(arr.shape)}, manifest says "
                           f"{entry['dtype']}{entry['shape']}")
+    return arr
+
+
+def _load_aligned(file: Path) -> np.ndarray:
+    """A ``.npy`` file read into a cache-line aligned array (:func:`aligned_empty`); ``np.load``
+    would place a large array 16 bytes past a line, so every 64-byte row would span two.
+    (Memory-mapped arrays are aligned already: the format pads its header to 64 bytes.)"""
+    with open(file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if fortran or dtype.hasobject:
+            return np.load(file, allow_pickle=False)  # refuses objects; Fortran order stays as is
+        arr = aligned_empty(shape, dtype)
+        view = memoryview(arr.reshape(-1).view(np.uint8))
+        if f.readinto(view) != arr.nbytes:
+            raise ValueError("the file is shorter than its header says")
     return arr
 
 
@@ -175,6 +194,7 @@ class TableStore:
         self.cardinalities = tuple(self._kernel.cards)
         self.dim = self._kernel.dim
         self._cards = np.asarray(self.cardinalities, dtype=np.int64)
+        self._ucards = self._cards.astype(np.uint64)[None, :]
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
 
@@ -245,9 +265,11 @@ class TableStore:
         if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
             raise InvalidInputError("ids exceed the int64 range")
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        cards = self._cards.reshape((1, -1) + (1,) * (ids.ndim - 2))
-        low = -1 if ids.ndim == 3 else 0
-        bad = (ids < low) | (ids >= cards)
+        if ids.ndim == 2:
+            # one comparison: a negative id seen as uint64 is larger than any cardinality
+            bad = np.greater_equal(ids.view(np.uint64), self._kernel.scratch.tile("ucards", self._ucards, len(ids)))
+        else:
+            bad = (ids < -1) | (ids >= self._cards[:, None])  # -1 pads a bag
         if bad.any():
             pos = tuple(int(p) for p in np.argwhere(bad)[0])
             raise InvalidInputError(f"id {int(ids[pos])} at {pos} is out of range for field {pos[1]} "

@@ -75,6 +75,15 @@ def test_small_helpers():
     assert max(criteo_cardinalities("criteo", 1000)) == 1000 and criteo_cardinalities([5, 6]) == [5, 6]
 
 
+def test_cached_quality_runs_are_keyed_on_the_training_code(monkeypatch):
+    from embedx.bench.pipelines import tables_quality as tq
+    stamp = tq.code_stamp()
+    assert stamp == tq.code_stamp() and len(stamp) == 16
+    key = tq._cache_key("cfg", ["a=1"], [])
+    monkeypatch.setattr(tq, "code_stamp", lambda: "changed")
+    assert tq._cache_key("cfg", ["a=1"], []) != key  # a code change retrains instead of reusing
+
+
 def test_floor_bytes_matches_the_methods_own_floor():
     from embedx.tables.registry import get_method
     assert floor_bytes("hash", CARDS, 16, {"size_exponent": 0}) == get_method("hash").min_bytes(CARDS, 16)
@@ -110,8 +119,10 @@ def tiny_params(tmp_path: Path, quality: bool) -> dict:
         "threads": 1, "dim": 8, "methods": ["full", "hash", "qr", "int8", "unified"],
         "budget": {"rates": [0.1, 0.01], "cardinalities": "criteo"},
         "lookup": {"cardinalities": CARDS, "batch": 64, "batches": 2, "calls": 2, "rounds": 2, "rate": 0.1},
-        "training": {"methods": ["hash"], "cardinalities": CARDS, "rows": 1000, "batch_size": 128, "max_batches": 2,
+        "training": {"methods": ["hash", "full"], "cardinalities": CARDS, "rows": 1000, "batch_size": 128,
                      "warmup_batches": 1, "num_dense": 2, "rate": 0.1,
+                     "per_method": {"hash": {"rows": 320, "note": "a smaller stream"},
+                                    "full": {"rows": 256, "table_optimizer": "rowwise_adagrad"}},
                      "model_params": {"bottom": [8], "top": [8]}, "timeout_s": 120},
         "quality": {"enabled": quality, "config": "ml100k-dcnv2.yaml", "rates": [0.1, 0.01], "seeds": [0],
                     "overrides": ["trainer.threads=1", "model.deep=[16]", "table.dim=8"],
@@ -132,6 +143,7 @@ def run_tiny(tmp_path, monkeypatch, quality: bool) -> dict:
     return rec
 
 
+@pytest.mark.slow
 def test_pipeline_tiny_without_quality(tmp_path, monkeypatch):
     rec = run_tiny(tmp_path, monkeypatch, quality=False)
     m, d = rec["metrics"], rec["details"]
@@ -140,14 +152,21 @@ def test_pipeline_tiny_without_quality(tmp_path, monkeypatch):
     assert d["budget"]["pairs"]["int8@0.1"]["status"] == "below_floor"
     # lookup part: every method served bit-for-bit like its torch module, timed against EmbeddingBag
     for method in ("full", "hash", "qr", "int8", "unified"):
-        assert m[f"lookup_speedup_{method}"] > 0
+        assert m[f"lookup_speedup_{method}"] > 0 and m[f"lookup_speedup_hugepages_{method}"] > 0
         assert m[f"lookup_parity_{method}"] <= 1e-6
+    assert d["lookup"]["clock"] == "thread" and d["lookup"]["transparent_hugepages"]
     assert d["lookup"]["methods"]["int8"]["memory_bytes"] == sum(CARDS) * 8  # built at its own floor
     # training part: a separate process reports throughput and its own peak RSS
     t = d["training"]["methods"]["hash"]
     assert t["status"] == "ok", t
-    assert t["steps_timed"] == 2 and t["rows_timed"] == 256 and m["train_samples_per_s_hash"] > 0
+    # every row of the stream is trained on (3 batches, the last one partial); the first is warm-up
+    assert t["rows_trained"] == m["train_rows_hash"] == 320 and t["note"] == "a smaller stream"
+    assert t["steps_timed"] == 2 and t["rows_timed"] == 192 and m["train_samples_per_s_hash"] > 0
     assert t["peak_rss_bytes"] >= t["rss_after_model"] >= t["rss_after_imports"] > 0
+    assert t["optimizer"] == "Adam" and not t["sparse_gradients"]
+    f = d["training"]["methods"]["full"]
+    assert f["status"] == "ok" and f["optimizer"] == "Adam+RowWiseAdagrad" and f["sparse_gradients"], f
+    assert f["rows_trained"] == 256 and f["steps_timed"] == 1
     # the spec's checks were evaluated on these numbers
     checks = {c["metric"]: c for c in rec["checks"]}
     assert checks["budget_max_rel_error"]["passed"] is True

@@ -82,6 +82,7 @@ class CompressedTable(nn.Module, ABC):
         offsets = torch.tensor([0] + cards[:-1], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
         self.register_buffer("_cards", torch.tensor(cards, dtype=torch.long), persistent=False)
+        self.sparse_grad = False
 
     @property
     def num_fields(self) -> int:
@@ -109,6 +110,27 @@ class CompressedTable(nn.Module, ABC):
     def min_bytes(cls, cardinalities: Sequence[int], dim: int, **hparams) -> int:
         """The smallest budget this method can be built with (its documented floor)."""
         return 0
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The parameters read by a plain row gather (:meth:`gather`), which can be trained with
+        sparse row gradients; empty for methods whose lookup computes rows (TT-Rec, DHE, ...)."""
+        return []
+
+    def set_sparse_gradients(self, enabled: bool = True) -> list[nn.Parameter]:
+        """Make :meth:`gather` emit sparse gradients, so an optimizer for sparse gradients
+        (``SparseAdam``, row-wise Adagrad) touches only the rows a batch read instead of the whole
+        table: what makes a 33M-row table trainable. Returns :meth:`sparse_parameters`; a method
+        without any is refused with a :class:`TableConfigError`."""
+        params = self.sparse_parameters()
+        if enabled and not params:
+            raise TableConfigError(f"table method {self.name!r} has no row-gathered parameters, so it cannot "
+                                   "train with sparse gradients; use a dense optimizer for it")
+        self.sparse_grad = bool(enabled)
+        return params
+
+    def gather(self, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``weight[rows]``, with a sparse gradient when :meth:`set_sparse_gradients` is on."""
+        return nn.functional.embedding(rows, weight, sparse=self.sparse_grad)
 
     # -- shared -----------------------------------------------------------------
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

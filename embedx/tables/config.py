@@ -48,6 +48,9 @@ class TrainerConfig:
     optimizer: str = "adam"           # adam | adagrad | sgd
     lr: float = 1e-3
     table_lr: float | None = None     # learning rate of the table's parameters (default: lr)
+    # sparse row gradients for the table's gathered rows, with this optimizer: sparse_adam |
+    # rowwise_adagrad (null: the table trains densely with `optimizer`); see embedx.tables.optim
+    table_optimizer: str | None = None
     weight_decay: float = 0.0         # on the non-table parameters only
     grad_clip: float | None = None    # max global gradient norm
     patience: int = 2                 # epochs without a validation AUC gain before stopping
@@ -293,6 +296,13 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError("trainer.lr and trainer.table_lr must be positive")
     if tr.optimizer not in ("adam", "adagrad", "sgd"):
         raise ConfigError(f"trainer.optimizer must be adam, adagrad or sgd, got {tr.optimizer!r}")
+    if tr.table_optimizer is not None:
+        from .optim import SPARSE_OPTIMIZERS
+        if tr.table_optimizer not in SPARSE_OPTIMIZERS:
+            raise ConfigError(f"trainer.table_optimizer must be null or one of {', '.join(SPARSE_OPTIMIZERS)}, "
+                              f"got {tr.table_optimizer!r}")
+        if tr.grad_clip:
+            raise ConfigError("trainer.grad_clip cannot clip sparse table gradients; unset it or table_optimizer")
     if tr.resume and not cfg.output_dir:
         raise ConfigError("trainer.resume needs output_dir (where the checkpoints are)")
     for param, values in t.per_field.items():

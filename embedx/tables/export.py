@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from indexing.table_lookups import aligned_empty
 from indexing.table_store import TableStore, read_table, write_table
 
 __all__ = ["ExportedTable"]
@@ -46,6 +47,17 @@ class ExportedTable:
         method, config, arrays = read_table(path, mmap=mmap, verify=verify)
         return cls(method, config, arrays)
 
-    def to_store(self) -> TableStore:
-        """A :class:`TableStore` over these arrays, without a round trip through disk."""
-        return TableStore(self.method, self.config, self.arrays)
+    def to_store(self, copy: bool = False) -> TableStore:
+        """A :class:`TableStore` over these arrays, without a round trip through disk.
+
+        By default the store shares the arrays (for a table just exported from torch: torch's
+        memory). ``copy=True`` gives it the memory :meth:`TableStore.load` would: fresh numpy
+        buffers on cache-line boundaries (which numpy also backs with huge pages where the OS
+        allows), so lookups are timed as served."""
+        arrays = self.arrays
+        if copy:
+            arrays = {}
+            for name, a in self.arrays.items():
+                arrays[name] = aligned_empty(a.shape, a.dtype)
+                arrays[name][...] = a
+        return TableStore(self.method, self.config, arrays)

@@ -1,5 +1,7 @@
-"""Training and evaluation of a CTR model: BCE on logits, Adam/Adagrad/SGD, early stopping on
-validation AUC, seeds, progress bars, checkpoints (safetensors + JSON) and exact resume.
+"""Training and evaluation of a CTR model: BCE on logits, Adam/Adagrad/SGD (and, for large
+tables, sparse gradients with SparseAdam or row-wise Adagrad on the table: ``table_optimizer``,
+see :mod:`embedx.tables.optim`), early stopping on validation AUC, seeds, progress bars,
+checkpoints (safetensors + JSON) and exact resume.
 
 A checkpoint is written after every epoch as a folder ``checkpoints/epoch-NNNN`` (model and
 optimizer tensors in safetensors, the rest in ``state.json``, written atomically), and
@@ -37,10 +39,12 @@ from tqdm.auto import tqdm
 
 from indexing.fsutil import atomic_write_bytes, atomic_write_text
 
+from .base import TableConfigError
 from .config import ConfigError, TrainerConfig
 from .data.cache import atomic_directory
 from .data.dataset import Batch, BatchSource, num_batches
 from .models import CTRModel
+from .optim import OptimizerSet, optimizer_name, sparse_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +125,41 @@ class Trainer:
                 None if batch.dense is None else batch.dense.to(self.device, non_blocking=True),
                 batch.labels.to(self.device, non_blocking=True))
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self) -> torch.optim.Optimizer | OptimizerSet:
+        """``optimizer`` over the head and the table; with ``table_optimizer`` the table's
+        row-gathered parameters get sparse gradients and that optimizer instead (both are then
+        stepped as one :class:`OptimizerSet`)."""
         c = self.cfg
-        table_params = [p for p in self.model.table.parameters() if p.requires_grad]
+        table = self.model.table
+        sparse: list[torch.nn.Parameter] = []
+        if c.table_optimizer is not None:
+            try:
+                sparse = [p for p in table.set_sparse_gradients(True) if p.requires_grad]
+            except TableConfigError as e:
+                raise ConfigError(f"trainer.table_optimizer={c.table_optimizer}: {e}") from None
+        sparse_ids = {id(p) for p in sparse}
+        table_params = [p for p in table.parameters() if p.requires_grad and id(p) not in sparse_ids]
         head_params = [p for p in self.model.head_parameters() if p.requires_grad]
         groups = []
         if table_params:
             groups.append({"params": table_params, "lr": c.table_lr or c.lr, "weight_decay": 0.0})
         if head_params:
             groups.append({"params": head_params, "lr": c.lr, "weight_decay": c.weight_decay})
-        if not groups:
+        if not groups and not sparse:
             raise ConfigError("the model has no trainable parameters")
-        if c.optimizer == "adam":
-            return torch.optim.Adam(groups)
-        if c.optimizer == "adagrad":
-            return torch.optim.Adagrad(groups)
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(groups)
-        raise ConfigError(f"unknown optimizer {c.optimizer!r} (adam, adagrad, sgd)")
+        optimizers = []
+        if groups:
+            if c.optimizer == "adam":
+                optimizers.append(torch.optim.Adam(groups))
+            elif c.optimizer == "adagrad":
+                optimizers.append(torch.optim.Adagrad(groups))
+            elif c.optimizer == "sgd":
+                optimizers.append(torch.optim.SGD(groups))
+            else:
+                raise ConfigError(f"unknown optimizer {c.optimizer!r} (adam, adagrad, sgd)")
+        if sparse:
+            optimizers.append(sparse_optimizer(c.table_optimizer, sparse, c.table_lr or c.lr))
+        return optimizers[0] if len(optimizers) == 1 else OptimizerSet(optimizers)
 
     # -- evaluation ---------------------------------------------------------------
     @torch.no_grad()
@@ -284,7 +305,7 @@ class Trainer:
             "format_version": CHECKPOINT_VERSION, "epoch": self.epoch, "seed": self.seed,
             "signature": self.signature, "history": self.history, "best_auc": _json_float(self.best_auc),
             "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-            "optimizer": {"class": type(self.optimizer).__name__, "param_groups": opt_state["param_groups"],
+            "optimizer": {"class": optimizer_name(self.optimizer), "param_groups": opt_state["param_groups"],
                           "scalars": opt_scalars},
             "numpy_random": _np_state_to_json(np.random.get_state()),
             "python_random": _py_state_to_json(random.getstate()),
@@ -324,9 +345,9 @@ class Trainer:
             raise ConfigError(f"{folder}: the checkpoint was trained on different data or table ({', '.join(diff)} "
                               f"differ): checkpoint {[state['signature'].get(k) for k in diff]}, "
                               f"now {[self.signature.get(k) for k in diff]}")
-        if state["optimizer"]["class"] != type(self.optimizer).__name__:
+        if state["optimizer"]["class"] != optimizer_name(self.optimizer):
             raise ConfigError(f"{folder}: checkpoint optimizer {state['optimizer']['class']}, "
-                              f"configured {type(self.optimizer).__name__}")
+                              f"configured {optimizer_name(self.optimizer)}")
         self.model.load_state_dict(st_load((folder / "model.safetensors").read_bytes()))
         tensors = st_load((folder / "optimizer.safetensors").read_bytes())
         entries: dict[int, dict[str, Any]] = {}

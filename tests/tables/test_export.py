@@ -15,7 +15,6 @@ from embedx.tables.base import Budget
 from embedx.tables.export import ExportedTable
 from embedx.tables.methods import METHODS
 from indexing.errors import BundleError, ChecksumMismatchError, FormatVersionError, InvalidInputError
-from indexing.table_lookups import floor_div
 from indexing.table_store import MANIFEST, TableStore
 
 from .test_methods import CARDS, CASES, DIM, IDS, random_ids
@@ -140,6 +139,19 @@ def test_no_pickle_in_the_files(saved):
     assert all(len(e["sha256"]) == 64 for e in manifest["arrays"].values())
 
 
+def test_loaded_arrays_start_on_a_cache_line(saved):
+    exported, path = saved
+    for mmap in (False, True):
+        store = TableStore.load(path, mmap=mmap)
+        for name, arr in store.arrays.items():
+            assert arr.ctypes.data % 64 == 0, (name, mmap)
+            np.testing.assert_array_equal(arr, exported.arrays[name])
+    f = path / "weight.npy"
+    f.write_bytes(f.read_bytes()[:-8])  # truncated after the header
+    with pytest.raises(BundleError, match="shorter"):
+        TableStore.load(path, verify=False)
+
+
 def test_corrupted_array_fails_the_checksum(saved):
     exported, path = saved
     f = path / "weight.npy"
@@ -216,16 +228,6 @@ def test_store_rejects_bad_ids(saved):
     np.testing.assert_array_equal(store.lookup(ids.astype(np.uint16)), store.lookup(ids))
     with pytest.raises(InvalidInputError):
         TableStore(exported.method, exported.config, exported.arrays, threads=0)
-
-
-def test_float_division_is_exact_below_its_limit():
-    rng = np.random.default_rng(0)
-    for m in [1, 2, 3, 7, 1000, 4093, 2**20 + 7, 2**31 - 1, 2**31]:
-        x = np.concatenate([rng.integers(0, 2**50, 50000), np.arange(1, 5000) * m, np.arange(1, 5000) * m - 1,
-                            [0, 2**50 - 1]])
-        x = x[(x >= 0) & (x < 2**50)].astype(np.int64)[None, :]
-        div = np.full((1, x.shape[1]), m, dtype=np.int64)
-        np.testing.assert_array_equal(floor_div(x, div, np.empty_like(x)), x // m)
 
 
 def test_serving_imports_no_torch():

@@ -45,6 +45,8 @@ def headline_metrics(metrics: Mapping[str, Any], rates: list[float]) -> list[str
     names += [f"ue_minus_hash_auc@{rate_key(r)}" for r in sorted(rates)]
     names += [m for m in metrics if m.endswith("_full_auc")]
     names += [f"lookup_speedup_{m}" for m in ("hash", "qr", "unified", "int8")]
+    names += [f"lookup_speedup_hugepages_{m}" for m in ("hash", "qr", "unified", "int8")]
+    names += [f"train_{k}_full" for k in ("samples_per_s", "peak_rss_mb")]
     return [n for n in names if n in metrics]
 
 

@@ -8,8 +8,9 @@ spec's config with command-line style overrides, so the run is exactly what
 ``embedx train tables --config ... key=value`` would do. A *variant* is a method plus fixed
 hyperparameters (``hash_eq`` = per-field hashing with ``size_exponent: 0``), so two baselines
 of one method can be reported side by side. Results are cached per run under the work
-folder (keyed by the config text, the overrides and the data files' identity), so an
-interrupted benchmark resumes where it stopped; a cached run says so in its record.
+folder (keyed by the config text, the overrides, the data files' identity and a hash of the
+``embedx.tables`` source), so an interrupted benchmark resumes where it stopped while a code
+change retrains everything; a cached run says so in its record.
 """
 
 from __future__ import annotations
@@ -92,8 +93,21 @@ def run_overrides(method: str, rate: float | None, seed: int, params: Mapping[st
     return out
 
 
+def code_stamp() -> str:
+    """A hash of the training code (every ``.py`` file of :mod:`embedx.tables`): a cached run
+    is reused only while the code that produced it is unchanged."""
+    from embedx import tables
+
+    root = Path(tables.__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def _cache_key(config_text: str, overrides: Sequence[str], data_stamp: Any) -> str:
-    blob = json.dumps({"config": config_text, "overrides": list(overrides), "data": data_stamp}, sort_keys=True)
+    blob = json.dumps({"config": config_text, "overrides": list(overrides), "data": data_stamp,
+                       "code": code_stamp()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -108,8 +108,8 @@ class QRTable(CompressedTable):
 
     def _compose(self, fields: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         m = self._m[fields]
-        eq = nn.functional.embedding(ids // m + self._qoff[fields], self.quotient)
-        er = nn.functional.embedding(ids % m + self._roff[fields], self.remainder)
+        eq = self.gather(ids // m + self._qoff[fields], self.quotient)
+        er = self.gather(ids % m + self._roff[fields], self.remainder)
         if self.op == "mult":
             return eq * er
         if self.op == "add":
@@ -122,10 +122,13 @@ class QRTable(CompressedTable):
         dense = self._is_dense[fields]
         out = self.dense.new_zeros((ids.shape[0], self.dim))
         d_ids = ids[dense]
-        out[dense] = nn.functional.embedding(d_ids + self._doff[fields[dense]], self.dense)
+        out[dense] = self.gather(d_ids + self._doff[fields[dense]], self.dense)
         comp = ~dense
         out[comp] = self._compose(fields[comp], ids[comp])
         return out
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.quotient, self.remainder, self.dense]
 
     def memory_bytes(self) -> int:
         return tensor_bytes(self.quotient, self.remainder, self.dense)

@@ -34,7 +34,10 @@ class FullTable(CompressedTable):
         return sum(int(c) for c in cardinalities) * dim * FLOAT_BYTES
 
     def embed(self, fields: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(self.global_ids(fields, ids), self.weight)
+        return self.gather(self.global_ids(fields, ids), self.weight)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]
 
     def memory_bytes(self) -> int:
         return tensor_bytes(self.weight)

@@ -59,7 +59,10 @@ class HashTable(CompressedTable):
         ab = self.hash_ab[fields]
         rows = hash_buckets(ids, ab[:, 0], ab[:, 1], self._rows[fields])
         rows = torch.where(self._identity[fields], ids, rows)
-        return nn.functional.embedding(rows + self._row_offsets[fields], self.weight)
+        return self.gather(rows + self._row_offsets[fields], self.weight)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]
 
     def memory_bytes(self) -> int:
         return tensor_bytes(self.weight, self.hash_ab)
@@ -98,7 +101,10 @@ class SharedHashTable(CompressedTable):
         g = self.global_ids(fields, ids)
         if self.num_rows < self.total_ids:
             g = hash_buckets(g, self.hash_ab[0, 0], self.hash_ab[0, 1], self.num_rows)
-        return nn.functional.embedding(g, self.weight)
+        return self.gather(g, self.weight)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]
 
     def memory_bytes(self) -> int:
         return tensor_bytes(self.weight, self.hash_ab)

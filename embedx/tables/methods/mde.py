@@ -92,11 +92,14 @@ class MDETable(CompressedTable):
         out = self.params["table_0"].new_zeros((ids.shape[0], self.dim))
         for f in torch.unique(fields).tolist():
             mask = fields == f
-            e = nn.functional.embedding(ids[mask], self.params[f"table_{f}"])
+            e = self.gather(ids[mask], self.params[f"table_{f}"])
             if self.dims[f] < self.dim:
                 e = e @ self.params[f"proj_{f}"]
             out[mask] = e
         return out
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [p for k, p in self.params.items() if k.startswith("table_")]  # projections stay dense
 
     def memory_bytes(self) -> int:
         return tensor_bytes(*self.params.values())

@@ -27,26 +27,38 @@ def _qrange(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
+#: the clipping range both fixed-scale widths share by default: codes cover [-1.28, 1.27]
+#: (INT8: 256 steps of 0.01; INT16: 65,536 steps of 0.01 / 256)
+FIXED_RANGE_STEP_INT8 = 0.01
+
+
 class _FixedScaleTable(CompressedTable):
-    """Quantised embeddings with one fixed scale ``s`` per table: ``w_hat = s * clip(R(w / s))``.
+    """Quantised embeddings with one fixed scale ``s`` per table: ``w_hat = s * clip(R(w / s))``
+    with codes clipped to ``[-2^(b-1), 2^(b-1) - 1]``.
 
     Training (quantisation-aware, Guan et al., "Post-Training 4-Bit Quantization on Embedding
     Tables", 2019; the INT8/INT16 baselines of Zhang et al., VLDB 2024, sec. 4): the forward
     pass uses stochastic rounding ``R(v) = floor(v + u)``, ``u ~ U[0, 1)``, of the float32
     master weights, and the straight-through estimator passes the gradient to them unchanged.
     Inference and ``export()`` use round-to-nearest codes. The scale is a per-table
-    hyperparameter (default 0.01, the benchmark's), not learned and not per row.
+    hyperparameter, not learned and not per row. Its default follows the bit width, as the
+    benchmark's fixed-scale setting does: both widths clip to the same range, ``[-1.28, 1.27]``
+    (far beyond the trained embeddings' values), and INT16 spends its extra 8 bits on 256x finer
+    steps, ``s = 0.01`` for INT8 and ``s = 0.01 / 256`` for INT16. (With one scale for both, any
+    weight inside INT8's range would get the same code in both and the two would be identical.)
 
     Sizing rule: none, the table is ``sum(cards) * dim`` codes (the scale is a config value, like
     the cardinalities, and not counted); a smaller budget is refused (:meth:`min_bytes`).
     """
 
     bits: ClassVar[int] = 8
+    default_scale: ClassVar[float] = FIXED_RANGE_STEP_INT8
 
     def __init__(self, cardinalities: Sequence[int], dim: int, budget: Budget | None = None, *,
-                 scale: float = 0.01, seed: int = 0, init_std: float = 0.01):
+                 scale: float | None = None, seed: int = 0, init_std: float = 0.01):
         super().__init__(cardinalities, dim, budget)
-        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        scale = self.default_scale if scale is None else scale
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise TableConfigError(f"{self.name}: scale must be a positive number, got {scale!r}")
         require_budget(self.name, self.budget.bytes, self.min_bytes(self.cardinalities, self.dim))
         self.qmin, self.qmax = _qrange(self.bits)
@@ -65,9 +77,12 @@ class _FixedScaleTable(CompressedTable):
         return v.clamp(self.qmin, self.qmax)
 
     def embed(self, fields: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        w = nn.functional.embedding(self.global_ids(fields, ids), self.weight)
+        w = self.gather(self.global_ids(fields, ids), self.weight)
         w_hat = self._codes(w.detach(), stochastic=self.training) * self.scale
         return w + (w_hat - w).detach() if self.training else w_hat
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]
 
     def memory_bytes(self) -> int:
         return self.weight.numel() * self.bits // 8
@@ -92,6 +107,7 @@ class Int16Table(_FixedScaleTable):
     __doc__ = _FixedScaleTable.__doc__
     name = "int16"
     bits = 16
+    default_scale = FIXED_RANGE_STEP_INT8 / 256
 
 
 class ALPTTable(CompressedTable):
@@ -132,7 +148,7 @@ class ALPTTable(CompressedTable):
         self.grad_scale = 1.0 / math.sqrt(self.dim * self.qmax)
         gen = torch.Generator().manual_seed(seed)
         self.weight = nn.Parameter(init_normal((self.total_ids, self.dim), init_std, gen))
-        self.step = nn.Parameter(torch.full((self.total_ids,), float(init_step)))
+        self.step = nn.Parameter(torch.full((self.total_ids, 1), float(init_step)))  # a column: gathered like rows
         self._rng = SeededRng(seed)
 
     @classmethod
@@ -142,15 +158,15 @@ class ALPTTable(CompressedTable):
         return sum(int(c) for c in cardinalities) * (dim * bits // 8 + FLOAT_BYTES)
 
     def _delta(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.step[rows].abs().clamp_min(1e-8)[:, None]
+        return self.gather(rows, self.step).abs().clamp_min(1e-8)
 
     def embed(self, fields: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         g = self.global_ids(fields, ids)
         if not self.training:
             delta = self._delta(g)
-            return torch.round(self.weight[g] / delta).clamp(self.qmin, self.qmax) * delta
+            return torch.round(self.gather(g, self.weight) / delta).clamp(self.qmin, self.qmax) * delta
         rows, inverse = torch.unique(g, return_inverse=True)
-        w = self.weight[rows]
+        w = self.gather(rows, self.weight)
         delta = self._delta(rows)
         delta = delta * self.grad_scale + (delta - delta * self.grad_scale).detach()  # LSQ gradient scale
         v = (w / delta).clamp(self.qmin, self.qmax)
@@ -160,6 +176,9 @@ class ALPTTable(CompressedTable):
         w_hat = (v + (code - v).detach()) * delta
         return w_hat[inverse]
 
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.weight, self.step]
+
     def memory_bytes(self) -> int:
         return self.weight.numel() * self.bits // 8 + tensor_bytes(self.step)
 
@@ -168,7 +187,7 @@ class ALPTTable(CompressedTable):
 
     def export(self) -> ExportedTable:
         with torch.no_grad():
-            step = self.step.abs().clamp_min(1e-8)
+            step = self.step[:, 0].abs().clamp_min(1e-8)
             codes = torch.round(self.weight / step[:, None]).clamp(self.qmin, self.qmax)
         return ExportedTable(self.name, {**base_config(self), "bits": self.bits},
                              {"codes": codes.to(_CODE_DTYPES[self.bits]).cpu().numpy(),

@@ -109,7 +109,7 @@ class UnifiedTable(CompressedTable):
         ab = getattr(self, f"hash_w{w}").view(-1, g["chunks"], 2)[local]          # (n, c, 2)
         rows = hash_buckets(ids[:, None], ab[..., 0], ab[..., 1], getattr(self, f"_m_w{w}")[local])
         rows = rows + getattr(self, f"_toff_w{w}")[local]
-        return nn.functional.embedding(rows, self.weights[f"w{w}"]).reshape(ids.shape[0], self.dim)
+        return self.gather(rows, self.weights[f"w{w}"]).reshape(ids.shape[0], self.dim)
 
     def embed(self, fields: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if len(self.groups) == 1:
@@ -120,6 +120,9 @@ class UnifiedTable(CompressedTable):
             mask = group == gi
             out[mask] = self._group_embed(g, fields[mask], ids[mask])
         return out
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return list(self.weights.values())
 
     def memory_bytes(self) -> int:
         return tensor_bytes(*self.weights.values(), *(getattr(self, f"hash_w{g['width']}") for g in self.groups))
