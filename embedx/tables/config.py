@@ -56,7 +56,7 @@ class TrainerConfig:
     patience: int = 2                 # epochs without a validation AUC gain before stopping
     min_delta: float = 0.0            # smallest AUC gain that counts as a gain
     max_train_batches: int | None = None  # cap per epoch (streamed or smoke runs)
-    max_eval_batches: int | None = None
+    max_eval_batches: int | None = None   # cap: that many batches of a fixed random sample of the rows
     threads: int | None = None        # torch intra-op threads (default: torch's choice)
     device: str = "cpu"               # torch device of the model and batches ("cuda" where there is one)
     progress: bool = True             # tqdm bars

@@ -49,6 +49,7 @@ from .optim import OptimizerSet, optimizer_name, sparse_optimizer
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+EVAL_SAMPLE_SEED = 20231  # the rows a capped evaluation (max_eval_batches) reads
 
 
 # ---------------------------------------------------------------- metrics
@@ -164,10 +165,14 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------
     @torch.no_grad()
     def predict(self, source: BatchSource, max_batches: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and labels over ``source`` (in its order)."""
+        """Logits and labels over ``source``, in its order; with ``max_batches``, over that many
+        batches of a fixed random sample of its rows (the same rows on every call): a prefix
+        would not do, since a split may be ordered (MovieLens 1M lists positives first)."""
         self.model.eval()
         logits, labels = [], []
-        for i, batch in enumerate(source.batches(self.cfg.eval_batch_size)):
+        rows = (source.batches(self.cfg.eval_batch_size) if max_batches is None else
+                source.batches(self.cfg.eval_batch_size, shuffle=True, seed=EVAL_SAMPLE_SEED, epoch=0))
+        for i, batch in enumerate(rows):
             if max_batches is not None and i >= max_batches:
                 break
             ids, dense, _ = self._to_device(batch)

@@ -260,6 +260,20 @@ def test_early_stopping_and_best_weights(tmp_path):
     assert json.loads((tmp_path / "best" / "best.json").read_text())["epoch"] == 1
 
 
+def test_capped_evaluation_reads_a_fixed_random_sample_not_a_prefix():
+    splits, _ = synth_splits(rows=3000)
+    val = splits.val
+    order = np.argsort(-val.labels.astype(np.int64), kind="stable")  # an ordered split: every positive first
+    ordered = type(val)(val.data, val.rows[order])
+    assert ordered.labels[:200].min() == 1
+    trainer = Trainer(make_model(splits), TrainerConfig(eval_batch_size=100, max_eval_batches=2, progress=False))
+    out = trainer.evaluate(ordered)
+    assert out["rows"] == 200 and 0 < out["auc"] < 1  # both classes seen
+    assert trainer.evaluate(ordered) == out  # the same rows every time
+    full = Trainer(make_model(splits), TrainerConfig(eval_batch_size=128, progress=False)).evaluate(ordered)
+    assert full["rows"] == len(val)
+
+
 def test_trainer_rejects_a_bad_device():
     splits, _ = synth_splits(rows=500)
     with pytest.raises(ConfigError, match="trainer.device"):
