@@ -162,6 +162,7 @@ def test_pipeline_tiny_without_quality(tmp_path, monkeypatch):
     # every row of the stream is trained on (3 batches, the last one partial); the first is warm-up
     assert t["rows_trained"] == m["train_rows_hash"] == 320 and t["note"] == "a smaller stream"
     assert t["steps_timed"] == 2 and t["rows_timed"] == 192 and m["train_samples_per_s_hash"] > 0
+    assert m["train_cpu_samples_per_s_hash"] > 0
     assert t["peak_rss_bytes"] >= t["rss_after_model"] >= t["rss_after_imports"] > 0
     assert t["optimizer"] == "Adam" and not t["sparse_gradients"]
     f = d["training"]["methods"]["full"]
