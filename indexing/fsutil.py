@@ -1,16 +1,21 @@
 """Durable, atomic file writes: write a temporary sibling, fsync it, rename over the target.
 
 A reader sees either the old file or the new one, never a half-written file, and a crash
-leaves at most a stray ``.tmp-*`` sibling.
+leaves at most a stray ``.tmp-*`` sibling. :func:`atomic_directory` does the same for a
+folder of files (caches, checkpoints).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+log = logging.getLogger(__name__)
 
 
 def _default_mode() -> int:
@@ -65,3 +70,37 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success fsync its files and rename it to ``path``.
+
+    If ``path`` appeared meanwhile (another process finished the same work), ours is
+    discarded: callers key the folder by its content, so both are the same. On an exception
+    nothing is left.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            if child.is_file():
+                fd = os.open(child, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            log.debug("%s was written concurrently; keeping that copy", path)
+            shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
+from embedx.config import ConfigError, build_dataclass, read_config, reraise_as
 
 from .losses import LOSS_NAMES
 from .query import QUERY_MODES
@@ -38,8 +38,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-class SparseConfigError(ValueError):
-    """A training configuration that cannot be used (the message says what and where)."""
+class SparseConfigError(ConfigError):
+    """A training configuration that cannot be used (the message says what and where).
+    A ``ValueError``, like every :class:`embedx.config.ConfigError`."""
 
 
 @dataclass
@@ -130,13 +131,7 @@ _BLOCKS = {"data": DataConfig, "model": ModelConfig, "query": QueryConfig, "dist
 _TOP_KEYS = {*_BLOCKS, "stages", "seed", "output_dir", "name"}
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    from embedx.tables.config import ConfigError, build_dataclass
-
-    try:
-        return build_dataclass(cls, raw, where)
-    except ConfigError as e:
-        raise SparseConfigError(str(e)) from None
+_build = reraise_as(SparseConfigError)(build_dataclass)
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> SparseRunConfig:
@@ -227,24 +222,8 @@ def _check_values(cfg: SparseRunConfig) -> None:
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
                 raw: Mapping[str, Any] | None = None) -> SparseRunConfig:
     """Read a YAML config (or take ``raw``), apply ``a.b=c`` overrides, validate."""
-    from embedx.tables.config import ConfigError, _Loader, apply_overrides
-
-    if (path is None) == (raw is None):
-        raise SparseConfigError("give a config path or a raw mapping (one of them)")
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise SparseConfigError(f"no config file at {path}")
-        try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise SparseConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise SparseConfigError(f"{path}: a config is a mapping at the top level")
-    try:
-        raw = apply_overrides(dict(raw), overrides)
-    except ConfigError as e:
-        raise SparseConfigError(str(e)) from None
+    with reraise_as(SparseConfigError):
+        raw = read_config(path, overrides, raw)
     return config_from_dict(raw)
 
 

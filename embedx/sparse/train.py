@@ -36,7 +36,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 from tqdm.auto import tqdm
 
-from indexing.fsutil import atomic_write_text
+from indexing.fsutil import atomic_directory, atomic_write_text
 
 from .config import SparseConfigError, SparseRunConfig, StageConfig, config_to_dict, load_config, run_signature
 from .dataset import PreparedData, PreparedDataError, StageSampler
@@ -324,8 +324,6 @@ class SparseTrainer:
         return self.out / "checkpoints"
 
     def save_checkpoint(self, opt, sched, sampler: StageSampler) -> Path:
-        from embedx.tables.data.cache import atomic_directory
-
         root = self.checkpoint_root
         folder = root / f"step-{self.global_step:07d}"
         opt_state = opt.state_dict()

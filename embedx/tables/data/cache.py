@@ -8,19 +8,14 @@ time of every source file, so a changed file or option never reads a stale cache
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from indexing.fsutil import fsync_dir
-
-log = logging.getLogger(__name__)
+# atomic_directory lives with the other atomic-write helpers; re-exported for old imports.
+from indexing.fsutil import atomic_directory  # noqa: F401
 
 
 def default_cache_root() -> Path:
@@ -40,36 +35,3 @@ def settings_key(name: str, settings: dict[str, Any], sources: Sequence[Path]) -
         stamp.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
     blob = json.dumps({"name": name, "settings": settings, "sources": stamp}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-@contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success fsync its files and rename it to ``path``.
-
-    If ``path`` appeared meanwhile (another process finished the same work), ours is
-    discarded: the content is keyed, so both are the same. On an exception nothing is left.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        for child in tmp.iterdir():
-            if child.is_file():
-                fd = os.open(child, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        fsync_dir(tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():
-                raise
-            log.debug("%s was written concurrently; keeping that copy", path)
-            shutil.rmtree(tmp, ignore_errors=True)
-        fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
