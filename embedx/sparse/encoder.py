@@ -3,8 +3,10 @@
 ``w_d[j] = log(1 + ReLU(max_i logit[i, j]))`` over the document's non-padding positions, with
 special tokens zeroed (Geng et al., 2024; SPLADE-max). The 30k-wide output layer dominates the
 cost, so by default it runs only on non-padding positions (``packed``): on SciFact that is ~4x
-faster than running it on the padded batch. ``packed=False`` is the plain masked form that ONNX
-export traces.
+faster than running it on the padded batch. With gradients on (training) the output layer is
+fused into the max over positions (:class:`_MaskedMaxProjection`): same weights and gradients,
+~6x faster per training step on a CPU and without the (tokens x vocab) activations.
+``packed=False`` is the plain masked form that ONNX export traces.
 """
 
 from __future__ import annotations
@@ -17,6 +19,61 @@ import torch
 from torch import nn
 
 from embedx.pretrained import resolve_model
+
+
+class _MaskedMaxProjection(torch.autograd.Function):
+    """``max_i (features[b, i] @ weight.T + bias)`` over each row's unmasked positions.
+
+    Forward: the logits of a few documents at a time, reduced to their maxima and dropped. The
+    gradient of a max is one-hot at the argmax, so backward needs, for each (document, vocabulary
+    column) with a non-zero incoming gradient (after the ReLU: the document's active terms, a few
+    hundred of 30k), only its winning position, found by re-scoring that column alone. Neither
+    the (tokens x vocab) logits nor their gradient are ever stored: on a CPU a SPLADE training
+    step costs about one forward pass of the output layer instead of three.
+    """
+
+    @staticmethod
+    def forward(ctx, features, mask, weight, bias, chunk_rows):
+        lengths = mask.sum(dim=1).tolist()
+        values = features.new_empty(features.shape[0], weight.shape[0])
+        weight_t = weight.t()
+        for start in range(0, features.shape[0], chunk_rows):
+            stop = min(features.shape[0], start + chunk_rows)
+            tokens = features[start:stop][mask[start:stop]]                   # (real tokens, hidden)
+            logits = torch.matmul(tokens, weight_t) if bias is None else torch.addmm(bias, tokens, weight_t)
+            offset = 0
+            for row in range(start, stop):
+                n = lengths[row]
+                if n:
+                    torch.amax(logits[offset:offset + n], dim=0, out=values[row])
+                else:
+                    values[row].fill_(torch.finfo(values.dtype).min)
+                offset += n
+        ctx.save_for_backward(features, mask, weight, bias if bias is not None else weight.new_empty(0))
+        ctx.has_bias = bias is not None
+        return values
+
+    @staticmethod
+    def backward(ctx, grad):
+        features, mask, weight, bias = ctx.saved_tensors
+        b, s, h = features.shape
+        grad_features = features.new_zeros(b, s, h) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[2] else None
+        for row in range(b):
+            cols = torch.nonzero(grad[row]).squeeze(1)
+            if cols.numel() == 0:
+                continue
+            real = torch.nonzero(mask[row]).squeeze(1)
+            x = features[row, real]                                           # (n, hidden)
+            w = weight[cols]                                                  # (active, hidden)
+            winners = real[torch.argmax(x @ w.t(), dim=0)]                    # bias is per column: same argmax
+            g = grad[row, cols].unsqueeze(1)
+            if grad_features is not None:
+                grad_features[row].index_add_(0, winners, g * w)
+            if grad_weight is not None:
+                grad_weight.index_add_(0, cols, g * features[row, winners])
+        grad_bias = grad.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_features, None, grad_weight, grad_bias, None
 
 
 class SparseDocEncoder(nn.Module):
@@ -63,10 +120,24 @@ class SparseDocEncoder(nn.Module):
                 return getattr(self.mlm, name)
         return None
 
+    def _split_head(self) -> tuple[nn.Module, str, nn.Linear] | None:
+        """``(parent, attribute, decoder)``: where the head's final vocabulary projection lives,
+        so the head can run up to its features; ``None`` when the head has no such Linear."""
+        head, decoder = self._head(), self.mlm.get_output_embeddings()
+        if head is None or not isinstance(decoder, nn.Linear):
+            return None
+        for name, module in head.named_modules():
+            if module is decoder and name:
+                parent_name, _, attr = name.rpartition(".")
+                return head.get_submodule(parent_name) if parent_name else head, attr, decoder
+        return None
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(batch, seq)`` token ids and mask -> ``(batch, vocab)`` non-negative weights."""
         if (self.packed and self._head() is not None and not torch.jit.is_tracing()
                 and not torch.onnx.is_in_onnx_export()):
+            if torch.is_grad_enabled() and self._split_head() is not None:
+                return self._forward_max_gather(input_ids, attention_mask)
             return self._forward_packed(input_ids, attention_mask)
         logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
         logits = logits.masked_fill(attention_mask.unsqueeze(-1) == 0, 0.0)
@@ -81,6 +152,21 @@ class SparseDocEncoder(nn.Module):
         weights = logits.new_zeros(input_ids.shape[0], logits.shape[1])
         weights = weights.scatter_reduce(0, rows.unsqueeze(1).expand_as(logits), logits, reduce="amax")
         return self._drop_special(torch.log1p(weights))
+
+    def _forward_max_gather(self, input_ids, attention_mask, chunk_rows: int = 8):
+        """Training path: the same weights as the masked form, with the vocabulary projection
+        fused into the max over positions (:class:`_MaskedMaxProjection`), so the
+        (tokens x vocab) logits are neither stored nor back-propagated through."""
+        parent, attr, decoder = self._split_head()
+        hidden = self._backbone()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        setattr(parent, attr, nn.Identity())
+        try:
+            features = self._head()(hidden)
+        finally:
+            setattr(parent, attr, decoder)
+        maxima = _MaskedMaxProjection.apply(features, attention_mask.bool(), decoder.weight,
+                                            decoder.bias, chunk_rows)
+        return self._drop_special(torch.log1p(torch.relu(maxima)))
 
     def _drop_special(self, weights: torch.Tensor) -> torch.Tensor:
         if self.special_ids.numel():

@@ -52,6 +52,30 @@ def test_packed_path_equals_plain_masked_path(tiny_model):
     assert (plain[:, enc.tokenizer.all_special_ids] == 0).all()
 
 
+def test_training_path_matches_plain_path_in_values_and_gradients(tiny_model):
+    """The fused max-projection (used whenever gradients are on) gives the masked form's weights
+    and the same gradient on every parameter, including the tied output/input embeddings."""
+    enc = SparseDocEncoder.from_pretrained(tiny_model).double()
+    batch = enc.tokenizer(["heart failure patients blood pressure", "brain", "blood heart"],
+                          padding=True, return_tensors="pt")
+    probe = torch.randn(3, enc.vocab_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def grads(packed: bool):
+        enc.zero_grad(set_to_none=True)
+        enc.packed = packed
+        w = enc(batch["input_ids"], batch["attention_mask"])
+        ((w * probe).sum() + (w.mean(0) ** 2).sum()).backward()
+        return w.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    assert enc._split_head() is not None
+    fused_w, fused_g = grads(True)
+    plain_w, plain_g = grads(False)
+    assert torch.allclose(fused_w, plain_w, atol=1e-10)
+    assert (fused_w > 0).sum() > 0 and fused_g.keys() == plain_g.keys()
+    for name, g in plain_g.items():
+        assert torch.allclose(fused_g[name], g, atol=1e-9), name
+
+
 def test_save_pretrained_round_trip(tiny_model, tmp_path):
     enc = SparseDocEncoder.from_pretrained(tiny_model)
     enc.save_pretrained(tmp_path / "copy")
