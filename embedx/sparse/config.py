@@ -145,8 +145,11 @@ def config_from_dict(raw: Mapping[str, Any]) -> SparseRunConfig:
     if not isinstance(raw.get("data"), Mapping):
         raise SparseConfigError("the config needs a `data:` block with `prepared` and `corpus`")
     stages_raw = raw.get("stages")
+    if isinstance(stages_raw, Mapping):   # a stage set to null is switched off (`stages.pretrain=null`)
+        stages_raw = {n: s for n, s in stages_raw.items() if s is not None}
     if not isinstance(stages_raw, Mapping) or not stages_raw:
-        raise SparseConfigError("the config needs a `stages:` block: stage name -> settings, run in order")
+        raise SparseConfigError("the config needs a `stages:` block: stage name -> settings, run in order "
+                                "(at least one stage not set to null)")
     blocks = {name: _build(cls, raw.get(name), name) for name, cls in _BLOCKS.items()}
     stages = {str(n): _build(StageConfig, s, f"stages.{n}") for n, s in stages_raw.items()}
     top = {}

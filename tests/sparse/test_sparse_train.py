@@ -141,6 +141,10 @@ def test_overrides_and_yaml_file(tiny_prepared, tiny_beir, tiny_model, tmp_path)
     assert cfg.stages["finetune"].steps == 5 and cfg.query.mode == "binary"
     assert cfg.stages["finetune"].lr == 1e-4
     assert list(cfg.stages) == ["pretrain", "finetune"]
+    # a stage set to null is switched off; switching off every stage is an error
+    assert list(load_config(path, ["stages.pretrain=null"]).stages) == ["finetune"]
+    with pytest.raises(SparseConfigError, match="not set to null"):
+        load_config(path, ["stages.pretrain=null", "stages.finetune=null"])
     with pytest.raises(SparseConfigError, match="no config file"):
         load_config(tmp_path / "nope.yaml")
 
