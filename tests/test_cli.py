@@ -100,3 +100,14 @@ def test_bench_list(run):
 def test_demo_corpus_is_consistent():
     ds = load_beir(demo_corpus_path())
     assert len(ds.corpus) == 72 and ds.qrels
+
+
+def test_train_tables_budget_below_floor_is_a_one_line_error(run):
+    from pathlib import Path
+
+    import embedx.tables
+
+    config = Path(embedx.tables.__file__).parent / "configs" / "criteo-synth-dlrm.yaml"
+    r = run("train", "tables", "--config", config, "table.method=mde", "table.rate=0.00001", ok=False)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "Error:" in r.output and "needs a budget of at least" in r.output

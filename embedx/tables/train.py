@@ -19,6 +19,7 @@ import yaml
 
 from indexing.fsutil import atomic_write_text
 
+from .base import TableConfigError
 from .config import ConfigError, RunConfig, config_to_dict, load_config, resolve_per_field
 from .data import TableDataError, load_dataset
 
@@ -137,7 +138,7 @@ def cli(config_path: Path, overrides: tuple[str, ...]) -> None:
     (values parsed as YAML), e.g. table.method=hash table.rate=0.01 trainer.epochs=3."""
     try:
         result = train_from_config(config_path, overrides)
-    except (ConfigError, TableDataError) as e:
+    except (TableConfigError, TableDataError) as e:   # ConfigError included; also a budget below a floor
         raise click.ClickException(str(e)) from None
     summary = {k: result[k] for k in ("method", "model", "val_auc", "test_auc", "test_logloss", "memory_bytes",
                                       "params", "throughput", "epochs", "peak_rss_bytes")}
