@@ -40,11 +40,12 @@ def test_packed_path_equals_plain_masked_path(tiny_model):
     enc = SparseDocEncoder.from_pretrained(tiny_model).eval()
     batch = enc.tokenizer(["heart failure patients blood", "brain"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        packed = enc(batch["input_ids"], batch["attention_mask"])
+        packed = enc(batch["input_ids"], batch["attention_mask"])          # fused max-projection
+        scattered = enc._forward_packed(batch["input_ids"], batch["attention_mask"])  # heads without a split
         enc.packed = False
         plain = enc(batch["input_ids"], batch["attention_mask"])
         logits = enc.mlm(**batch).logits
-    assert torch.allclose(packed, plain, atol=1e-5)
+    assert torch.allclose(packed, plain, atol=1e-5) and torch.allclose(scattered, plain, atol=1e-5)
     # by hand: the second text has 3 real positions ([CLS] brain [SEP])
     manual = torch.log1p(torch.relu(logits[1, :3].max(dim=0).values))
     manual[enc.tokenizer.all_special_ids] = 0
