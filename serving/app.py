@@ -8,8 +8,13 @@ config fails at startup, not on the first request), and wires:
 * ``GET /healthz``, ``/readyz``, ``/metrics``; the search page at ``/``; ``/openapi.json``
 
 Blocking work (encoders, indexes, the document store) runs in a thread pool under a timeout
-and an in-flight limit, so the event loop only parses, routes and answers. Every error is
-``{"error": {"type", "message"}}`` with its status; nothing a client sends can produce a 500.
+and an in-flight limit, so the event loop only parses, routes and answers; the exception is a
+search that has been measured to take less than a thread hop would save (``inline_max_ms``:
+an in-process index searched without a model, while nothing else is in flight), which runs
+on the event loop. Well-formed search requests take a fast path past FastAPI's generic request
+handling (:mod:`serving.fastpath`); the routes stay the contract and answer everything else.
+Every error is ``{"error": {"type", "message"}}`` with its status; nothing a client sends can
+produce a 500.
 """
 
 import hmac
@@ -26,11 +31,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ServerConfig, load_config
 from serving.errors import STATUS_TYPES, ApiError, Unauthorized, bad_request, error_body, incompatible, not_found
-from serving.limits import BodySizeLimit, InFlightLimiter, run_blocking
+from serving.fastpath import FastPath, FastRoute
+from serving.limits import BodySizeLimit, InFlightLimiter, InlinePolicy, run_blocking
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.schemas import (BatchSearchResponse, ErrorResponse, SearchResponse, SwapRequest, SwapResponse,
                              build_models, vector_item)
@@ -38,6 +45,11 @@ from serving.search import Options, Timings, search_texts, search_vectors
 from serving.state import IncompatibleError, LoadError, ServerState
 
 log = logging.getLogger(__name__)
+
+try:  # several times faster than json.dumps for a page of hits; the stdlib stays the fallback
+    import orjson
+except ImportError:  # pragma: no cover - orjson comes with ranx, a core dependency
+    orjson = None
 
 ERROR_STATUSES = (400, 401, 404, 409, 413, 422, 503, 504)
 ERRORS = {code: {"model": ErrorResponse} for code in ERROR_STATUSES}
@@ -59,6 +71,7 @@ class Server:
         self.api_key = config.resolved_api_key()
         self.metrics = Metrics()
         self.limiter = InFlightLimiter(config.limits.max_in_flight)
+        self.inline = InlinePolicy(config.inline_max_ms)
         self.metrics.in_flight.set_function(lambda: self.limiter.count)
         self.started = time.time()
         self.state = ServerState(config, self.metrics)
@@ -74,9 +87,25 @@ class Server:
         if self.executor is None:
             self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="embedx-search")
 
-    async def run(self, fn: Callable[..., Any], *args) -> Any:
-        """``fn(*args)`` in the thread pool, under the in-flight limit and the request timeout."""
-        return await run_blocking(self.executor, self.limiter, self.config.limits.request_timeout_s, fn, *args)
+    async def run(self, fn: Callable[[], Any], inline: bool = False) -> Any:
+        """``fn()`` in the thread pool under the in-flight limit and the request timeout; or, when
+        ``inline`` and nothing else is in flight, here on the event loop (under the limit; the
+        timeout cannot stop it, which is why only work measured to be short goes inline)."""
+        if inline and self.limiter.count == 0:
+            with self.limiter:
+                return fn()
+        return await run_blocking(self.executor, self.limiter, self.config.limits.request_timeout_s, fn)
+
+    def authorized(self, headers) -> bool:
+        """The request carries the API key (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``), or none is set."""
+        if self.api_key is None:
+            return True
+        given = headers.get("x-api-key")
+        if given is None:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else None
+        return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                                         self.api_key.encode("utf-8"))
 
     def collection(self, name: str | None) -> str:
         if self.state.closed:
@@ -129,14 +158,7 @@ def create_app(config: ServerConfig | str | Path) -> FastAPI:
     app.state.server = server
 
     async def require_key(request: Request) -> None:
-        if server.api_key is None:
-            return
-        given = request.headers.get("x-api-key")
-        if given is None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
-        if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
-                                                    server.api_key.encode("utf-8")):
+        if not server.authorized(request.headers):
             raise Unauthorized()
 
     keyed = [Depends(require_key)]
@@ -145,62 +167,92 @@ def create_app(config: ServerConfig | str | Path) -> FastAPI:
     SearchRequest, BatchRequest = models.search, models.batch
     VectorRequest, VectorBatchRequest = models.vector, models.vector_batch
 
-    def job(body, run_search: Callable, queries: list, mode_of: Callable):
-        """The blocking part of a search request, ready for the thread pool; and its start time."""
+    def job(body, run_search: Callable, queries: list, mode_of: Callable, sides_of: Callable, text: bool):
+        """The blocking part of a search request; its start time; and whether it may run inline."""
         name = server.collection(body.collection)
         opts = _options(body)
         t0 = time.perf_counter()
+        current = server.state.current(name)
+        mode = mode_of(current, opts)
+        retrievers = [current.side(s) for s in sides_of(mode)]
+        # only single queries on in-process indexes that need no model, and only once timed short
+        light = len(queries) == 1 and all(r is not None and r.runs_light(text) for r in retrievers)
+        key = (name, text, mode)
+        inline = light and server.inline.allows(key)
 
         def work():
             with server.lease(name) as version:
+                start = time.perf_counter()
                 timings = Timings()
                 hits = run_search(version, queries, opts, timings)
                 mode = mode_of(version, opts)
                 server.metrics.queries.labels(name, mode).inc(len(queries))
                 _observe(server.metrics, timings)
+                if light:
+                    server.inline.record(key, time.perf_counter() - start)
                 return {"collection": name, "generation": version.generation, "mode": mode}, hits, timings
-        return work, t0
+        return work, t0, inline
 
     def text_search(body, texts: list[str]):
-        return job(body, search_texts, texts, lambda version, opts: opts.mode or version.default_mode)
+        return job(body, search_texts, texts, lambda version, opts: opts.mode or version.default_mode,
+                   lambda mode: ("sparse", "dense") if mode == "hybrid" else (mode,), text=True)
 
     def vector_search(body, items: list[dict]):
         per_item = {tuple(s for s in ("sparse", "dense") if item.get(s) is not None) for item in items}
         only = per_item.pop() if len(per_item) == 1 else None
         mode = "mixed" if only is None else "hybrid" if len(only) == 2 else only[0]
-        return job(body, search_vectors, items, lambda version, opts: mode)
+        return job(body, search_vectors, items, lambda version, opts: mode,
+                   lambda mode: only if only else ("sparse", "dense"), text=False)
 
-    async def single(work, t0):
-        head, hits, timings = await server.run(work)
-        return _json({**head, "hits": hits[0], "timings": timings.as_ms(time.perf_counter() - t0)})
+    async def single(work, t0, inline) -> bytes:
+        head, hits, timings = await server.run(work, inline)
+        return _dumps({**head, "hits": hits[0], "timings": timings.as_ms(time.perf_counter() - t0)})
 
-    async def batch(work, t0):
-        head, hits, timings = await server.run(work)
-        return _json({**head, "results": [{"hits": h} for h in hits],
-                      "timings": timings.as_ms(time.perf_counter() - t0)})
+    async def batch(work, t0, inline) -> bytes:
+        head, hits, timings = await server.run(work, inline)
+        return _dumps({**head, "results": [{"hits": h} for h in hits],
+                       "timings": timings.as_ms(time.perf_counter() - t0)})
+
+    # One handler per search route, shared by the route and the fast path in front of it.
+    async def search_one(body) -> bytes:
+        return await single(*text_search(body, [body.query]))
+
+    async def search_many(body) -> bytes:
+        return await batch(*text_search(body, list(body.queries)))
+
+    async def vector_one(body) -> bytes:
+        return await single(*vector_search(body, [vector_item(body)]))
+
+    async def vector_many(body) -> bytes:
+        return await batch(*vector_search(body, [vector_item(q) for q in body.queries]))
+
+    fast_routes = {"/v1/search": FastRoute(SearchRequest, search_one),
+                   "/v1/search/batch": FastRoute(BatchRequest, search_many),
+                   "/v1/search/vector": FastRoute(VectorRequest, vector_one),
+                   "/v1/search/vector/batch": FastRoute(VectorBatchRequest, vector_many)}
 
     @app.post("/v1/search", dependencies=keyed, tags=["search"], responses={200: {"model": SearchResponse}, **ERRORS})
     async def search(body: SearchRequest) -> Response:  # type: ignore[valid-type]
         """Search one text query (mode sparse, dense or hybrid)."""
-        return await single(*text_search(body, [body.query]))
+        return _raw_json(await search_one(body))
 
     @app.post("/v1/search/batch", dependencies=keyed, tags=["search"],
               responses={200: {"model": BatchSearchResponse}, **ERRORS})
     async def search_batch(body: BatchRequest) -> Response:  # type: ignore[valid-type]
         """Search many text queries in one call (results in the same order)."""
-        return await batch(*text_search(body, list(body.queries)))
+        return _raw_json(await search_many(body))
 
     @app.post("/v1/search/vector", dependencies=keyed, tags=["search"],
               responses={200: {"model": SearchResponse}, **ERRORS})
     async def search_vector(body: VectorRequest) -> Response:  # type: ignore[valid-type]
         """Search with a dense vector, a sparse vector ({indices, values} or {token: weight}), or both (fused)."""
-        return await single(*vector_search(body, [vector_item(body)]))
+        return _raw_json(await vector_one(body))
 
     @app.post("/v1/search/vector/batch", dependencies=keyed, tags=["search"],
               responses={200: {"model": BatchSearchResponse}, **ERRORS})
     async def search_vector_batch(body: VectorBatchRequest) -> Response:  # type: ignore[valid-type]
         """Search many vector queries in one call."""
-        return await batch(*vector_search(body, [vector_item(q) for q in body.queries]))
+        return _raw_json(await vector_many(body))
 
     # ------------------------------------------------------------------ collections, hot swap
     @app.get("/v1/indexes", dependencies=keyed, tags=["collections"], responses=ERRORS)
@@ -262,6 +314,8 @@ def create_app(config: ServerConfig | str | Path) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     _install_error_handlers(app)
+    app.add_middleware(FastPath, routes=fast_routes, error_response=_error_response,
+                       authorized=lambda scope: server.api_key is None or server.authorized(Headers(scope=scope)))
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, routes_app=app)
     return app
@@ -278,27 +332,51 @@ def _observe(metrics: Metrics, timings: Timings) -> None:
         metrics.stage.labels(stage).observe(getattr(timings, stage))
 
 
-def _json(payload: Any, status: int = 200) -> Response:
-    """JSON without a second validation pass (the handlers build the documented shapes)."""
-    body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+def _dumps(payload: Any) -> bytes:
+    """Compact UTF-8 JSON, without a validation pass (the handlers build the documented shapes)."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(payload)
+        except TypeError:   # a type orjson does not write (or an int past 64 bits): the stdlib decides
+            pass
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def _raw_json(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    def respond(request: Request, status: int, type: str, message: str, headers=None, **extra) -> Response:
-        request.state.error_type = type
-        resp = _json(error_body(type, message, **extra), status)
-        if headers:
-            resp.headers.update(headers)
-        return resp
+def _json(payload: Any, status: int = 200) -> Response:
+    return _raw_json(_dumps(payload), status)
 
+
+def _error_response(scope, exc: BaseException) -> Response:
+    """The JSON error answer to ``exc`` (an ``HTTPException``, or anything else: a 500), its type
+    noted in the request state for the metrics."""
+    if isinstance(exc, ApiError):
+        status, type, message, headers = exc.status_code, exc.type, exc.message, exc.headers
+    elif isinstance(exc, StarletteHTTPException):
+        status, type = exc.status_code, STATUS_TYPES.get(exc.status_code, "error")
+        message, headers = exc.detail if isinstance(exc.detail, str) else type, getattr(exc, "headers", None)
+    else:
+        status, type, message, headers = 500, "internal_error", "internal error; see the server log", None
+    return _error(scope, status, type, message, headers)
+
+
+def _error(scope, status: int, type: str, message: str, headers=None, **extra) -> Response:
+    state = scope.setdefault("state", {})
+    if isinstance(state, dict):
+        state["error_type"] = type
+    resp = _json(error_body(type, message, **extra), status)
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if isinstance(exc, ApiError):
-            return respond(request, exc.status_code, exc.type, exc.message, exc.headers)
-        message = exc.detail if isinstance(exc.detail, str) else STATUS_TYPES.get(exc.status_code, "error")
-        return respond(request, exc.status_code, STATUS_TYPES.get(exc.status_code, "error"), message,
-                       getattr(exc, "headers", None))
+        return _error_response(request.scope, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -307,12 +385,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in first) or "invalid request"
         if len(details) > 3:
             message += f" (and {len(details) - 3} more)"
-        return respond(request, 422, "validation_error", message, details=details[:20])
+        return _error(request.scope, 422, "validation_error", message, details=details[:20])
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return respond(request, 500, "internal_error", "internal error; see the server log")
+        return _error_response(request.scope, exc)
 
 
 def _version() -> str:

@@ -65,6 +65,7 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.routes_app = routes_app   # the FastAPI app, whose routes name the endpoint label
+        self._known: dict[tuple[str, str], str] = {}   # (method, path) -> label, for routes without parameters
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -89,8 +90,15 @@ class MetricsMiddleware:
                 self.metrics.errors.labels(endpoint, error_type or str(status)).inc()
 
     def _endpoint(self, scope) -> str:
-        for route in self.routes_app.router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return getattr(route, "path", "other")
-        return "other"
+        key = (scope.get("method", ""), scope.get("path", ""))
+        label = self._known.get(key)
+        if label is None:
+            label = "other"
+            for route in self.routes_app.router.routes:
+                match, _ = route.matches(scope)
+                if match == Match.FULL:
+                    label = getattr(route, "path", "other")
+                    break
+            if label == key[1] and not scope.get("root_path"):   # a fixed path: remember it (a bounded set)
+                self._known[key] = label
+        return label

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SIDE_KINDS = {"sparse": ("sparse", "lucene-impact", "lucene-bm25"), "dense": ("dense",)}
 TEXT_QUERY_ENCODERS = ("analyzer-counts", "text")   # lexical bundles that encode their own queries
+IN_PROCESS_KINDS = ("sparse", "dense")               # indexes searched in this process (no JVM)
 
 
 class IncompatibleError(ValueError):
@@ -73,6 +75,11 @@ class Retriever:
         """Dense dimension or sparse vocabulary size of the index."""
         m = self.bundle.manifest
         return m.get("dimension") if self.side == "dense" else m.get("vocab_size")
+
+    def runs_light(self, text: bool) -> bool:
+        """Cheap to run anywhere: an in-process index (not a Lucene one, behind the JVM) and, for
+        text queries, no model to encode them (the bundle's own lexical encoding)."""
+        return self.bundle.kind in IN_PROCESS_KINDS and (not text or self.encoder is None)
 
     def encode_later(self, texts: list[str]):
         """Start encoding; returns a zero-argument callable that waits for the query batch."""
@@ -196,8 +203,8 @@ class ServerState:
     def load_all(self) -> None:
         """Load every configured collection; a problem is a :class:`ConfigError` naming it."""
         if any(c.dense for c in self.config.collections.values()) and self.config.faiss_threads:
-            import faiss
-            faiss.omp_set_num_threads(self.config.faiss_threads)
+            import faiss  # noqa: F401 - loaded here so that _pin_faiss_threads finds it
+            _pin_faiss_threads(self.config.faiss_threads)
         try:
             for name, coll in self.config.collections.items():
                 sparse = dense = None
@@ -276,6 +283,7 @@ class ServerState:
     @contextlib.contextmanager
     def lease(self, name: str) -> Iterator[CollectionVersion]:
         """Hold the current version of collection ``name`` for the duration of a request."""
+        _pin_faiss_threads(self.config.faiss_threads)
         with self._lock:
             version = self._current.get(name)
             if version is None:
@@ -400,6 +408,18 @@ def _load_encoder(folder: Path) -> QueryEncoder:
         if not hasattr(encoder, attr):
             raise LoadError(f"encoder {folder} ({type(encoder).__name__}) has no {attr!r}")
     return encoder
+
+
+_thread = threading.local()
+
+
+def _pin_faiss_threads(n: int | None) -> None:
+    """OpenMP's thread count is a per-thread setting: FAISS searches in a thread that never set
+    it use every core (and leave OpenMP workers spinning). So each thread that searches sets
+    ``faiss_threads`` once, when it first takes a lease (or loads), if FAISS is in use at all."""
+    if n and getattr(_thread, "faiss_threads", None) != n and "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(n)
+        _thread.faiss_threads = n
 
 
 def _close_all(retrievers) -> None:
