@@ -8,24 +8,26 @@ config fails at startup, not on the first request), and wires:
 * ``GET /healthz``, ``/readyz``, ``/metrics``; the search page at ``/``; ``/openapi.json``
 
 Blocking work (encoders, indexes, the document store) runs in a thread pool under a timeout
-and an in-flight limit, so the event loop only parses, routes and answers; the exception is a
-search that has been measured to take less than a thread hop would save (``inline_max_ms``:
-an in-process index searched without a model, while nothing else is in flight), which runs
-on the event loop. Well-formed search requests take a fast path past FastAPI's generic request
+and an in-flight limit, so the event loop only parses, routes and answers. The exception is a
+lone single-query search on in-process indexes whose own work has been measured short
+(``inline_max_ms``): it runs on the event loop, and awaits a micro-batcher's encoder there
+instead of blocking a pool thread on it, so it makes no more thread hops than the same search
+in-process. Well-formed search requests take a fast path past FastAPI's generic request
 handling (:mod:`serving.fastpath`); the routes stay the contract and answer everything else.
 Every error is ``{"error": {"type", "message"}}`` with its status; nothing a client sends can
 produce a 500.
 """
 
+import asyncio
 import hmac
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,13 +37,14 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ServerConfig, load_config
-from serving.errors import STATUS_TYPES, ApiError, Unauthorized, bad_request, error_body, incompatible, not_found
+from serving.errors import (STATUS_TYPES, ApiError, Timeout, Unauthorized, bad_request, error_body, incompatible,
+                            not_found)
 from serving.fastpath import FastPath, FastRoute
 from serving.limits import BodySizeLimit, InFlightLimiter, InlinePolicy, run_blocking
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.schemas import (BatchSearchResponse, ErrorResponse, SearchResponse, SwapRequest, SwapResponse,
                              build_models, vector_item)
-from serving.search import Options, Timings, search_texts, search_vectors
+from serving.search import Options, TextSearch, Timings, encoded, search_texts, search_vectors
 from serving.state import IncompatibleError, LoadError, ServerState
 
 log = logging.getLogger(__name__)
@@ -87,14 +90,19 @@ class Server:
         if self.executor is None:
             self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="embedx-search")
 
-    async def run(self, fn: Callable[[], Any], inline: bool = False) -> Any:
-        """``fn()`` in the thread pool under the in-flight limit and the request timeout; or, when
-        ``inline`` and nothing else is in flight, here on the event loop (under the limit; the
-        timeout cannot stop it, which is why only work measured to be short goes inline)."""
-        if inline and self.limiter.count == 0:
-            with self.limiter:
-                return fn()
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` in the thread pool, under the in-flight limit and the request timeout."""
         return await run_blocking(self.executor, self.limiter, self.config.limits.request_timeout_s, fn)
+
+    async def run_here(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """``await fn()`` on the event loop, under the in-flight limit and the request timeout (which
+        can only fire while it awaits: the caller runs here only work measured to be short)."""
+        with self.limiter:
+            try:
+                async with asyncio.timeout(self.config.limits.request_timeout_s):
+                    return await fn()
+            except TimeoutError:
+                raise Timeout(self.config.limits.request_timeout_s) from None
 
     def authorized(self, headers) -> bool:
         """The request carries the API key (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``), or none is set."""
@@ -167,49 +175,73 @@ def create_app(config: ServerConfig | str | Path) -> FastAPI:
     SearchRequest, BatchRequest = models.search, models.batch
     VectorRequest, VectorBatchRequest = models.vector, models.vector_batch
 
-    def job(body, run_search: Callable, queries: list, mode_of: Callable, sides_of: Callable, text: bool):
-        """The blocking part of a search request; its start time; and whether it may run inline."""
+    def job(body, queries: list, text: bool, mode_of: Callable, sides_of: Callable):
+        """A search request ready to run: ``await run()`` gives (head, hits, timings); and its start time.
+
+        It runs on the event loop when it can (one query; every side searched in this process, its
+        text encoded by the bundle itself or by a micro-batcher the loop awaits; its own work, the
+        encoding aside, measured short; nothing else in flight), else in the thread pool.
+        """
         name = server.collection(body.collection)
         opts = _options(body)
         t0 = time.perf_counter()
         current = server.state.current(name)
-        mode = mode_of(current, opts)
-        retrievers = [current.side(s) for s in sides_of(mode)]
-        # only single queries on in-process indexes that need no model, and only once timed short
-        light = len(queries) == 1 and all(r is not None and r.runs_light(text) for r in retrievers)
+        mode = mode_of(current, opts) if current is not None else None
+        sides = [current.side(s) for s in sides_of(mode)] if current is not None else [None]
+        eligible = len(queries) == 1 and all(r is not None and r.fits_event_loop(text) for r in sides)
         key = (name, text, mode)
-        inline = light and server.inline.allows(key)
 
-        def work():
+        def done(version, hits, timings: Timings, started: float):
+            if eligible:   # the time the work itself held its thread: what it would hold the loop for
+                server.inline.record(key, time.perf_counter() - started - timings.encode)
+            mode = mode_of(version, opts)
+            server.metrics.queries.labels(name, mode).inc(len(queries))
+            _observe(server.metrics, timings)
+            return {"collection": name, "generation": version.generation, "mode": mode}, hits, timings
+
+        def in_pool():
             with server.lease(name) as version:
-                start = time.perf_counter()
-                timings = Timings()
-                hits = run_search(version, queries, opts, timings)
-                mode = mode_of(version, opts)
-                server.metrics.queries.labels(name, mode).inc(len(queries))
-                _observe(server.metrics, timings)
-                if light:
-                    server.inline.record(key, time.perf_counter() - start)
-                return {"collection": name, "generation": version.generation, "mode": mode}, hits, timings
-        return work, t0, inline
+                started, timings = time.perf_counter(), Timings()
+                hits = (search_texts if text else search_vectors)(version, queries, opts, timings)
+                return done(version, hits, timings, started)
+
+        async def on_loop():
+            with server.lease(name) as version:
+                started, timings = time.perf_counter(), Timings()
+                if text:
+                    search = TextSearch(version, queries, opts)
+                    pending = search.start()
+                    for future in pending:
+                        await _until_done(future)
+                    encoded_queries = [encoded(f) for f in pending]
+                    timings.encode += time.perf_counter() - started
+                    hits = search.finish(encoded_queries, timings)
+                else:
+                    hits = search_vectors(version, queries, opts, timings)
+                return done(version, hits, timings, started)
+
+        async def run():
+            if eligible and server.limiter.count == 0 and server.inline.allows(key):
+                return await server.run_here(on_loop)
+            return await server.run(in_pool)
+        return run, t0
 
     def text_search(body, texts: list[str]):
-        return job(body, search_texts, texts, lambda version, opts: opts.mode or version.default_mode,
-                   lambda mode: ("sparse", "dense") if mode == "hybrid" else (mode,), text=True)
+        return job(body, texts, True, lambda version, opts: opts.mode or version.default_mode,
+                   lambda mode: ("sparse", "dense") if mode == "hybrid" else (mode,))
 
     def vector_search(body, items: list[dict]):
         per_item = {tuple(s for s in ("sparse", "dense") if item.get(s) is not None) for item in items}
         only = per_item.pop() if len(per_item) == 1 else None
         mode = "mixed" if only is None else "hybrid" if len(only) == 2 else only[0]
-        return job(body, search_vectors, items, lambda version, opts: mode,
-                   lambda mode: only if only else ("sparse", "dense"), text=False)
+        return job(body, items, False, lambda version, opts: mode, lambda mode: only or ("sparse", "dense"))
 
-    async def single(work, t0, inline) -> bytes:
-        head, hits, timings = await server.run(work, inline)
+    async def single(run, t0) -> bytes:
+        head, hits, timings = await run()
         return _dumps({**head, "hits": hits[0], "timings": timings.as_ms(time.perf_counter() - t0)})
 
-    async def batch(work, t0, inline) -> bytes:
-        head, hits, timings = await server.run(work, inline)
+    async def batch(run, t0) -> bytes:
+        head, hits, timings = await run()
         return _dumps({**head, "results": [{"hits": h} for h in hits],
                        "timings": timings.as_ms(time.perf_counter() - t0)})
 
@@ -328,8 +360,30 @@ def _options(body) -> Options:
 
 
 def _observe(metrics: Metrics, timings: Timings) -> None:
-    for stage in ("encode", "search", "fuse", "fields"):
-        metrics.stage.labels(stage).observe(getattr(timings, stage))
+    for stage, series in metrics.stages.items():
+        series.observe(getattr(timings, stage))
+
+
+async def _until_done(future: Future) -> None:
+    """Wait on the event loop for a future that a thread resolves, without ever cancelling it (a
+    micro-batcher resolves every future it took, whether or not anyone still waits)."""
+    if future.done():
+        return
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_):
+        try:
+            loop.call_soon_threadsafe(_resolve, waiter)
+        except RuntimeError:   # the loop has closed meanwhile: nobody waits any more
+            pass
+    future.add_done_callback(wake)
+    await waiter
+
+
+def _resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _dumps(payload: Any) -> bytes:

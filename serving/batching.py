@@ -90,7 +90,10 @@ class MicroBatcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._run(batch)
+            # a request cancelled while queued (its caller gave up) is dropped, never resolved twice
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if batch:
+                self._run(batch)
 
     def _next_batch(self) -> list[_Job] | None:
         with self._cond:

@@ -114,9 +114,10 @@ class ServerConfig(_Strict):
     admin: bool = True                  # the hot-swap endpoint (behind the API key when one is set)
     verify: Literal[True, False, "size"] = True  # bundle checks at load: sha256, sizes only, or none
     workers: int = Field(32, ge=1, le=1024)      # threads that run searches off the event loop
-    # a single-query search with no model to run (an in-process index) whose recent runs averaged
-    # under this many ms runs on the event loop while nothing else is in flight; 0: always the pool
-    inline_max_ms: float = Field(2.0, ge=0, le=1000)
+    # a single-query search on in-process indexes whose own work (encoding aside: a micro-batcher's)
+    # took under this many ms (median of recent runs) runs on the event loop while nothing else is
+    # in flight, saving a thread hop; 0: always the pool
+    inline_max_ms: float = Field(5.0, ge=0, le=1000)
     faiss_threads: int | None = Field(1, ge=1)   # OpenMP threads per FAISS search (None: FAISS's default)
     limits: Limits = Limits()
     batching: Batching = Batching()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import deque
 from concurrent.futures import Executor
 from typing import Callable, TypeVar
 
@@ -123,20 +124,28 @@ class InlinePolicy:
     """Which kinds of search may run on the event loop instead of the thread pool.
 
     A hop to the pool and back costs two thread wake-ups, about as much as a sparse search of
-    a SciFact-sized index. So work that needs no model and has been *measured* to be short
-    (a moving average of its last runs under ``max_ms``) runs inline; work not timed yet, or
-    grown slow (a large index, a loaded machine), goes back to the pool by itself. ``max_ms``
-    0 turns it off.
+    a SciFact-sized index. So work that needs no model and has been *measured* to be short (the
+    median of its last ``window`` runs under ``max_ms``) runs inline; work not timed yet, or
+    grown slow (a large index, a loaded machine), goes back to the pool by itself. A median
+    shrugs off the slow first run of a cold cache and the odd stall. ``max_ms`` 0 turns it off.
     """
 
-    def __init__(self, max_ms: float, smoothing: float = 0.1):
+    def __init__(self, max_ms: float, window: int = 8):
         self.max_s = float(max_ms) / 1e3
-        self.smoothing = float(smoothing)
-        self._average: dict = {}   # key -> seconds (races between threads only blur the average)
+        self._recent: dict = {}           # key -> deque of the last run times (seconds)
+        self._window = int(window)
+        self._lock = threading.Lock()
 
     def allows(self, key) -> bool:
-        return self.max_s > 0 and self._average.get(key, float("inf")) <= self.max_s
+        if self.max_s <= 0:
+            return False
+        with self._lock:
+            runs = sorted(self._recent.get(key, ()))
+        return bool(runs) and runs[(len(runs) - 1) // 2] <= self.max_s
 
     def record(self, key, seconds: float) -> None:
-        average = self._average.get(key)
-        self._average[key] = seconds if average is None else average + self.smoothing * (seconds - average)
+        with self._lock:
+            runs = self._recent.get(key)
+            if runs is None:
+                runs = self._recent[key] = deque(maxlen=self._window)
+            runs.append(seconds)

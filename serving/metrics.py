@@ -15,6 +15,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                disable_created_metrics, generate_latest)
 from starlette.routing import Match
 
+STAGES = ("encode", "search", "fuse", "fields")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -35,6 +36,7 @@ class Metrics:
         self.in_flight = Gauge("embedx_searches_in_flight", "Searches being served now", registry=r)
         self.stage = Histogram("embedx_search_stage_seconds", "Time per search stage (encode, search, fuse, fields)",
                                ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stages = {s: self.stage.labels(s) for s in STAGES}   # looked up once, observed per search
         self.queries = Counter("embedx_queries", "Queries searched, by collection and mode",
                                ["collection", "mode"], registry=r)
         self.batch_texts = Histogram("embedx_encoder_batch_texts", "Texts per encoder call (micro-batching)",
@@ -66,6 +68,7 @@ class MetricsMiddleware:
         self.metrics = metrics
         self.routes_app = routes_app   # the FastAPI app, whose routes name the endpoint label
         self._known: dict[tuple[str, str], str] = {}   # (method, path) -> label, for routes without parameters
+        self._children: dict[tuple, tuple] = {}          # (endpoint, method, status) -> its two series
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -83,11 +86,22 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             endpoint = self._endpoint(scope)
-            self.metrics.requests.labels(endpoint, scope.get("method", ""), str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            requests, latency = self._series(endpoint, scope.get("method", ""), status)
+            requests.inc()
+            latency.observe(time.perf_counter() - t0)
             error_type = scope.get("state", {}).get("error_type") if isinstance(scope.get("state"), dict) else None
             if status >= 400:
                 self.metrics.errors.labels(endpoint, error_type or str(status)).inc()
+
+    def _series(self, endpoint: str, method: str, status: int) -> tuple:
+        """The request counter and latency histogram of one label set (a bounded set: route
+        templates x methods x statuses), looked up in prometheus_client once."""
+        key = (endpoint, method, status)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = (self.metrics.requests.labels(endpoint, method, str(status)),
+                                           self.metrics.latency.labels(endpoint))
+        return found
 
     def _endpoint(self, scope) -> str:
         key = (scope.get("method", ""), scope.get("path", ""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -46,24 +47,49 @@ class Timings:
 
 def search_texts(version: CollectionVersion, texts: Sequence[str], opts: Options, timings: Timings) -> list[list[dict]]:
     """Hits (``{"id", "score", "fields"}``, best first) for each text."""
-    texts = list(texts)
-    mode = opts.mode or version.default_mode
-    sides = [_retriever(version, s) for s in (SIDES if mode == "hybrid" else (mode,))]
-    fusion = _fusion(version, opts)
-    depth = _depth(opts.k, fusion, len(sides))
-    # A query with nothing but whitespace (by Python's rules) finds nothing, like one of stopwords.
-    live = [i for i, t in enumerate(texts) if t.strip()]
-    per_query: list[list] = [[[] for _ in sides] for _ in texts]
-    if live:
-        t = time.perf_counter()
+    search = TextSearch(version, texts, opts)
+    t = time.perf_counter()
+    queries = [encoded(f) for f in search.start()]
+    timings.encode += time.perf_counter() - t
+    return search.finish(queries, timings)
+
+
+class TextSearch:
+    """A text search in two steps around its one wait, the query encoders: :meth:`start` hands
+    the texts to each side's encoder (futures), :meth:`finish` searches, fuses and fetches fields.
+    :func:`search_texts` blocks in between; the server's event loop can await there instead,
+    holding no thread while a micro-batcher encodes."""
+
+    def __init__(self, version: CollectionVersion, texts: Sequence[str], opts: Options):
+        self.version, self.texts, self.opts = version, list(texts), opts
+        mode = opts.mode or version.default_mode
+        self.sides = [_retriever(version, s) for s in (SIDES if mode == "hybrid" else (mode,))]
+        self.fusion = _fusion(version, opts)
+        self.depth = _depth(opts.k, self.fusion, len(self.sides))
+        # A query with nothing but whitespace (by Python's rules) finds nothing, like one of stopwords.
+        self.live = [i for i, t in enumerate(self.texts) if t.strip()]
+
+    def start(self) -> list[Future]:
+        """Per side, a future of the live texts' query batch (nothing to encode: no futures)."""
+        if not self.live:
+            return []
         with _as_bad_request("encoding the query"):
-            pending = [r.encode_later([texts[i] for i in live]) for r in sides]
-            queries = [wait() for wait in pending]
-        timings.encode += time.perf_counter() - t
-        lists = _search(sides, queries, depth, timings)
-        for row, i in enumerate(live):
-            per_query[i] = [lst[row] for lst in lists]
-    return _finish(version, per_query, opts, fusion, timings)
+            return [r.encode_later([self.texts[i] for i in self.live]) for r in self.sides]
+
+    def finish(self, queries: list, timings: Timings) -> list[list[dict]]:
+        """Hits for each text, given :meth:`start`'s query batches."""
+        per_query: list[list] = [[[] for _ in self.sides] for _ in self.texts]
+        if self.live:
+            lists = _search(self.sides, queries, self.depth, timings)
+            for row, i in enumerate(self.live):
+                per_query[i] = [lst[row] for lst in lists]
+        return _finish(self.version, per_query, self.opts, self.fusion, timings)
+
+
+def encoded(future: Future) -> Any:
+    """An encoder future's query batch (blocking); an encoder's ValueError (bad input) is a 400."""
+    with _as_bad_request("encoding the query"):
+        return future.result()
 
 
 def search_vectors(version: CollectionVersion, items: Sequence[Mapping[str, Any]], opts: Options,

@@ -26,6 +26,7 @@ import logging
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -76,22 +77,21 @@ class Retriever:
         m = self.bundle.manifest
         return m.get("dimension") if self.side == "dense" else m.get("vocab_size")
 
-    def runs_light(self, text: bool) -> bool:
-        """Cheap to run anywhere: an in-process index (not a Lucene one, behind the JVM) and, for
-        text queries, no model to encode them (the bundle's own lexical encoding)."""
-        return self.bundle.kind in IN_PROCESS_KINDS and (not text or self.encoder is None)
+    def fits_event_loop(self, text: bool) -> bool:
+        """Whether a search here may run on the server's event loop (when measured short): the
+        index is searched in this process (not behind Lucene's JVM), and text queries never run a
+        model in the calling thread (the bundle's own lexical encoding, or a micro-batcher's
+        thread, which the loop awaits)."""
+        return self.bundle.kind in IN_PROCESS_KINDS and (not text or self.encoder is None or self.batcher is not None)
 
-    def encode_later(self, texts: list[str]):
-        """Start encoding; returns a zero-argument callable that waits for the query batch."""
+    def encode_later(self, texts: list[str]) -> Future:
+        """Start encoding; a future of the query batch (already done unless a micro-batcher has it)."""
+        if self.batcher is not None:
+            return self.batcher.submit(texts)
         if self.encoder is None:
             from embedx.retrieval import encode_queries
-            queries = encode_queries(self.bundle, texts)
-            return lambda: queries
-        if self.batcher is not None:
-            future = self.batcher.submit(texts)
-            return future.result
-        queries = self.encoder.encode(texts)
-        return lambda: queries
+            return _done(encode_queries(self.bundle, texts))
+        return _done(self.encoder.encode(texts))
 
     def search(self, queries: Any, k: int):
         return self.bundle.search(queries, k)
@@ -408,6 +408,12 @@ def _load_encoder(folder: Path) -> QueryEncoder:
         if not hasattr(encoder, attr):
             raise LoadError(f"encoder {folder} ({type(encoder).__name__}) has no {attr!r}")
     return encoder
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 _thread = threading.local()

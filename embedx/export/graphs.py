@@ -15,7 +15,8 @@ Sparse: the document encoder's max-pooled ``(batch, vocab)`` weights, computed s
 Both together made the ONNX graph ~1.5x faster than the plain masked form, which spends ~45%
 of its time in element-wise passes over the logits. (A packed variant that gathers real
 positions and scatters a max back was 6x slower: onnxruntime's ``ScatterElements`` reduction
-is a scalar loop.)
+is a scalar loop.) The exporter then rewrites the product and its max into vocabulary chunks
+whose logits stay in cache (:mod:`embedx.export.vocab_max`), another ~1.3x (fp32) and ~1.7x (int8).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from serving.encoders.runtime import TokenBatcher
 from .graphs import DenseTokenGraph, SparseMaxGraph, eager_attention
 from .parity import DEFAULT_THRESHOLDS, STATISTICS, ParityError, check, measure
 from .quantize import quantize_int8
+from .vocab_max import DEFAULT_CHUNK, rewrite_vocab_max
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ INPUTS = ["input_ids", "attention_mask"]
 DEFAULT_SAMPLES = 24
 # int8 settings measured best per kind (see embedx.export.quantize): MiniLM loses ~7% cosine with
 # one scale per weight tensor (mean cosine 0.934 vs 0.9935 per output channel); SPLADE-tiny's
-# vocabulary layer keeps more of its top tokens with one scale per tensor.
+# transformer keeps more of its top tokens with one scale per tensor (its vocabulary layer is
+# quantised by embedx.export.vocab_max, one scale per vocabulary row).
 DENSE_INT8 = {"per_channel": True}
 SPARSE_INT8 = {"per_channel": False}
 
@@ -169,7 +171,7 @@ def _copy_tokenizer(tokenizer):
 
 def _export(kind: str, graph: torch.nn.Module, reference, tokenizer, out, *, settings: dict, source: dict,
             int8: bool, quantization: dict | None, space_id: str | None, sample_texts: Sequence[str] | None,
-            thresholds: dict | None, overwrite: bool, opset: int | None) -> Path:
+            thresholds: dict | None, overwrite: bool, opset: int | None, rewrite=None) -> Path:
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise ExportError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
@@ -187,9 +189,11 @@ def _export(kind: str, graph: torch.nn.Module, reference, tokenizer, out, *, set
         batcher = TokenBatcher(tokenizer, settings["max_length"])
         (tmp / TOKENIZER_FILE).write_text(tokenizer.to_str())
         model_path = tmp / MODEL_FILE
+        rewritten = None
         if int8:
             fp32_path = tmp / "model.fp32.onnx"
             opset_used = trace_to_onnx(graph, fp32_path, max_length=batcher.max_length, output=output, opset=opset)
+            rewritten = _rewrite(fp32_path, rewrite, int8=True)
             try:
                 quant = quantize_int8(fp32_path, model_path, **(quantization or {}))
             except Exception as exc:
@@ -197,10 +201,13 @@ def _export(kind: str, graph: torch.nn.Module, reference, tokenizer, out, *, set
             fp32_path.unlink()
         else:
             opset_used = trace_to_onnx(graph, model_path, max_length=batcher.max_length, output=output, opset=opset)
+            rewritten = _rewrite(model_path, rewrite, int8=False)
             quant = None
         config = {"type": encoder_type, "kind": kind, "format_version": FORMAT_VERSION,
                   "model": MODEL_FILE, "tokenizer": TOKENIZER_FILE, "inputs": list(INPUTS), "output": output,
                   **settings, "quantization": quant, "opset": opset_used, "source": source}
+        if rewrite is not None:
+            config["vocab_max"] = rewritten
         config["hash"] = encoder_hash(model_path.read_bytes(), (tmp / TOKENIZER_FILE).read_text(), config)
         config["space_id"] = space_id or f"encoder:{config['hash']}"
         config["exporter"] = _versions()
@@ -227,6 +234,23 @@ def _export(kind: str, graph: torch.nn.Module, reference, tokenizer, out, *, set
     log.info("exported %s to %s (hash %s, parity %s)", encoder_type, out, config["hash"],
              {k: v for k, v in config["parity"].items() if k not in ("batch_shapes", "thresholds")})
     return out
+
+
+def _rewrite(path: Path, rewrite, *, int8: bool) -> dict | None:
+    """Apply ``rewrite(model_proto, int8)`` to the ONNX file at ``path``; its report, or ``None``
+    when it did not apply (the file is then untouched)."""
+    if rewrite is None:
+        return None
+    import onnx
+
+    model = onnx.load(os.fspath(path))
+    try:
+        info = rewrite(model, int8)
+    except Exception as exc:
+        raise ExportError(f"rewriting the traced graph failed: {exc}") from exc
+    if info is not None:
+        onnx.save(model, os.fspath(path))
+    return info
 
 
 def _torch_fn(module: torch.nn.Module):
@@ -283,16 +307,24 @@ def export_dense(model="all-minilm-l6-v2", out=None, *, int8: bool = False, max_
 def export_sparse_doc(model="splade-tiny", out=None, *, int8: bool = False, max_length: int | None = None,
                       prune_ratio: float = 0.0, space_id: str | None = None, tokenizer=None,
                       sample_texts: Sequence[str] | None = None, thresholds: dict | None = None,
-                      quantization: dict | None = None, overwrite: bool = False, opset: int | None = None) -> Path:
+                      quantization: dict | None = None, overwrite: bool = False, opset: int | None = None,
+                      vocab_chunk: int | None = DEFAULT_CHUNK) -> Path:
     """Export a :class:`~embedx.sparse.encoder.SparseDocEncoder` (or a masked-LM folder or name)
     to ``out``; the graph returns the ``(batch, vocab)`` weights, ``prune_ratio`` is applied by
-    the runtime encoder."""
+    the runtime encoder.
+
+    The vocabulary projection and its max over positions are rewritten into chunks of
+    ``vocab_chunk`` vocabulary rows (:mod:`embedx.export.vocab_max`; with ``int8``, its own int8
+    form, the rest of the graph goes through ``quantization``); ``None`` keeps the traced form."""
     from embedx.sparse.encoder import SparseDocEncoder
 
     if out is None:
         raise ExportError("export needs an output folder")
     if not 0.0 <= prune_ratio < 1.0:
         raise ExportError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
+    if vocab_chunk is not None and (isinstance(vocab_chunk, bool) or not isinstance(vocab_chunk, int)
+                                    or vocab_chunk < 1):
+        raise ExportError(f"vocab_chunk must be a positive integer or None, got {vocab_chunk!r}")
     enc = model if isinstance(model, SparseDocEncoder) else _load(SparseDocEncoder.from_pretrained, model)
     enc.eval()
     tokenizer = _copy_tokenizer(tokenizer if tokenizer is not None else getattr(enc, "tokenizer", None))
@@ -307,7 +339,9 @@ def export_sparse_doc(model="splade-tiny", out=None, *, int8: bool = False, max_
     quantization = {**SPARSE_INT8, **(quantization or {})}
     return _export("sparse", SparseMaxGraph(enc), _torch_fn(enc), tokenizer, out, settings=settings,
                    source=source, int8=int8, quantization=quantization, space_id=space_id,
-                   sample_texts=sample_texts, thresholds=thresholds, overwrite=overwrite, opset=opset)
+                   sample_texts=sample_texts, thresholds=thresholds, overwrite=overwrite, opset=opset,
+                   rewrite=lambda proto, q: (None if vocab_chunk is None else
+                                             rewrite_vocab_max(proto, int8=q, chunk=vocab_chunk)))
 
 
 EXPORTERS = {"dense": export_dense, "sparse-doc": export_sparse_doc}

@@ -7,6 +7,9 @@ Weights of ``MatMul`` nodes become int8; activations are quantised per call. Mea
   0.9935; one scale per tensor drops it to 0.934, ``reduce_range`` to 0.76, uint8 weights 0.974.
 - SPLADE-tiny: one scale per tensor keeps 95% of each document's top-20 tokens (weight
   correlation 0.993) and is the fastest; per-channel and ``reduce_range`` were no better.
+  Its vocabulary projection (90% of the cost) is not quantised here: the sparse exporter first
+  rewrites it into its own int8 form (:mod:`embedx.export.vocab_max`), so this module only sees
+  the transformer's MatMuls.
 
 The exporter picks these per kind. ``Gather`` (embedding tables) would only shrink the file,
 and the graphs have no fused ``Attention`` op to quantise (onnxruntime's transformer optimizer
@@ -91,6 +94,9 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, op_types=DE
     if weight_type not in types:
         raise ValueError(f"weight_type must be one of {sorted(types)}, got {weight_type!r}")
     model = onnx.load(os.fspath(src))
+    if not op_types:  # nothing to quantise (quantize_dynamic would read an empty list as "all")
+        onnx.save(model, os.fspath(dst))
+        return {"method": "none", "op_types": []}
     untied = materialize_transposed_weights(model)
     with _quiet_quantizer():
         quantize_dynamic(model, Path(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,

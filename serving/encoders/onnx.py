@@ -182,8 +182,9 @@ class OnnxSparseEncoder(_OnnxEncoder):
     TYPE = "onnx-sparse"
     kind = "sparse"
     default_batch_size = 32
-    # (batch * seq) x vocab float32 logits live inside the graph: 2048 tokens x 30k ~ 250 MB,
-    # and smaller batches keep the per-token max-pooling in cache (measured fastest near here).
+    # Bounds batch * seq. Graphs traced as-is hold (batch * seq) x vocab float32 logits (2048
+    # tokens x 30k ~ 250 MB); exports whose projection was rewritten (encoder.json "vocab_max")
+    # hold a few hundred vocabulary rows at a time and ran equally fast from 512 to 2048 tokens.
     default_max_tokens = 2048
 
     def __init__(self, folder, config, *, threads=None):
