@@ -38,6 +38,19 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_folder(path: str | os.PathLike) -> None:
+    """Flush every file directly in ``path``, then the folder's entries, before it is renamed
+    into place: a crash after the rename never leaves a published folder with empty files."""
+    for child in Path(path).iterdir():
+        if child.is_file():
+            fd = os.open(child, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(path)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success fsync and rename it into place.
@@ -85,14 +98,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        for child in tmp.iterdir():
-            if child.is_file():
-                fd = os.open(child, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        fsync_dir(tmp)
+        fsync_folder(tmp)
         try:
             os.rename(tmp, path)
         except OSError:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from indexing.fsutil import atomic_open, fsync_dir
+from indexing.fsutil import atomic_open, fsync_dir, fsync_folder
 from serving.encoders.onnx import (FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, OnnxDenseEncoder, OnnxSparseEncoder,
                                    encoder_hash)
 from serving.encoders.runtime import TokenBatcher
@@ -109,20 +109,10 @@ def _sibling(out: Path, tag: str) -> Path:
     return out.parent / f".{out.name}.{tag}-{uuid.uuid4().hex[:8]}"
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(folder)
-
-
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished ``tmp`` to ``out``; an existing ``out`` moves aside first and is
     deleted only once the new folder is in place (restored if the rename fails)."""
-    _fsync_tree(tmp)
+    fsync_folder(tmp)
     old = None
     if out.exists() or out.is_symlink():
         if not overwrite:
