@@ -277,11 +277,15 @@ def bench_list(bench_dir) -> None:
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Real data folder (default: $EMBEDX_DATA or ../shared/data).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a spec parameter (YAML value), e.g. --set repeats=5.")
+              help="Override a spec parameter (YAML value), e.g. --set repeats=5; a dotted key sets one "
+                   "setting of a block: --set lookup.rounds=3.")
 @click.option("--no-save", is_flag=True, help="Do not write benchmarks/results/<spec>.json.")
+@click.option("--merge", is_flag=True,
+              help="Keep the saved result's numbers that this run does not produce (parts switched off "
+                   "with --set PART.enabled=false); the result names the run they came from.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Scratch folder for indexes (default: a temporary folder).")
-def bench_run(specs, bench_dir, data_root, overrides, no_save, work_dir) -> None:
+def bench_run(specs, bench_dir, data_root, overrides, no_save, merge, work_dir) -> None:
     """Run specs by name (or 'all'); exit 1 if a check fails."""
     import tempfile
 
@@ -310,7 +314,8 @@ def bench_run(specs, bench_dir, data_root, overrides, no_save, work_dir) -> None
             try:
                 rec = run_spec(spec, data_root=data_root or default_data_root(),
                                results_dir=None if no_save else d / "results",
-                               work_dir=work_dir / spec.name if work_dir else Path(tmp), overrides=parsed)
+                               work_dir=work_dir / spec.name if work_dir else Path(tmp), overrides=parsed,
+                               merge=merge)
             except BenchmarkSkipped as e:
                 click.echo(f"{spec.name}: skipped: {e}")
                 continue

@@ -72,16 +72,21 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     """Set ``a.b=c`` paths in a raw config mapping (a copy), creating missing blocks."""
     raw = _deepcopy(raw)
     for parts, value in parse_overrides(overrides):
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is not a block")
-            node = child
-        node[parts[-1]] = value
+        set_path(raw, parts, value)
     return raw
+
+
+def set_path(raw: dict[str, Any], parts: list[str], value: Any) -> None:
+    """``raw[parts[0]][parts[1]]... = value`` in place, creating missing blocks."""
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is not a block")
+        node = child
+    node[parts[-1]] = value
 
 
 def _deepcopy(obj: Any) -> Any:

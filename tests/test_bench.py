@@ -71,6 +71,55 @@ def test_run_spec_writes_result_and_checks(tmp_path, monkeypatch):
     assert rec["checks"][0]["passed"] is False
 
 
+def test_dotted_overrides_reach_into_blocks():
+    params = {"lookup": {"rounds": 7, "batch": 4096}, "threads": 1}
+    out = runner.override_params(params, {"lookup.rounds": 3, "budget.enabled": False, "threads": 2})
+    assert out == {"lookup": {"rounds": 3, "batch": 4096}, "budget": {"enabled": False}, "threads": 2}
+    assert params["lookup"]["rounds"] == 7  # the spec's own params are not touched
+    with pytest.raises(SpecError, match="threads is not a block"):
+        runner.override_params(params, {"threads.x": 1})
+
+
+def test_merge_keeps_the_parts_a_run_switched_off(tmp_path, monkeypatch):
+    """A run of one part merged into the saved result: its numbers replace the saved ones, the
+    rest are kept and traced to the run they came from; checks are judged on the merged set."""
+    import sys
+    import types
+
+    def run(ctx):
+        metrics, details = {}, {}
+        for part in ("a", "b"):
+            if ctx.params[part]["enabled"]:
+                metrics[f"{part}_score"] = ctx.params[part]["value"]
+                details[part] = {"value": ctx.params[part]["value"]}
+        return {"metrics": metrics, "details": details, "headline": sorted(metrics)}
+
+    mod = types.ModuleType("parts_pipeline")
+    mod.run = run
+    monkeypatch.setitem(sys.modules, "parts_pipeline", mod)
+    monkeypatch.setitem(runner.PIPELINES, "parts", "parts_pipeline:run")
+    spec = load_spec(write_spec(tmp_path, "parts", "name: parts\npipeline: parts\nparams:\n"
+                                "  a: {enabled: true, value: 1}\n  b: {enabled: true, value: 0.2}\n"
+                                "checks:\n  - {metric: a_score, min: 1}\n  - {metric: b_score, min: 0.5}\n"))
+    results = tmp_path / "results"
+    first = runner.run_spec(spec, data_root=tmp_path, results_dir=results, work_dir=tmp_path / "w")
+    assert first["passed"] is False and "merged_from" not in first
+    again = runner.run_spec(spec, data_root=tmp_path, results_dir=results, work_dir=tmp_path / "w", merge=True,
+                            overrides={"a.enabled": False, "b.value": 0.7})
+    saved = json.loads((results / "parts.json").read_text())
+    assert saved == json.loads(json.dumps(again))
+    assert saved["metrics"] == {"a_score": 1, "b_score": 0.7} and saved["passed"] is True
+    assert saved["details"] == {"a": {"value": 1}, "b": {"value": 0.7}}
+    assert saved["headline"] == ["a_score", "b_score"]
+    src = saved["merged_from"]
+    assert src["metrics"] == ["a_score"] and src["details"] == ["a"] and src["date"] == first["date"]
+    assert src["params"]["b"]["value"] == 0.2
+    # without --merge a partial run replaces the saved result
+    alone = runner.run_spec(spec, data_root=tmp_path, results_dir=results, work_dir=tmp_path / "w",
+                            overrides={"a.enabled": False})
+    assert alone["metrics"] == {"b_score": 0.2} and "merged_from" not in alone
+
+
 def test_unknown_pipeline():
     with pytest.raises(ValueError, match="unknown pipeline"):
         runner.resolve_pipeline("nope")

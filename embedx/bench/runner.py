@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import importlib
 import json
@@ -14,7 +15,7 @@ from typing import Any, Callable
 from indexing.fsutil import atomic_write_text
 
 from .environment import git_commit, machine_info, package_versions
-from .spec import Spec
+from .spec import Spec, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,29 @@ def evaluate_checks(spec_checks, metrics: dict, not_run: dict) -> list[dict]:
     return checks
 
 
+def override_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with ``overrides`` applied (dotted keys reach into blocks), as a copy."""
+    from embedx.config import ConfigError, set_path
+
+    out = copy.deepcopy(params)
+    for key, value in overrides.items():
+        try:
+            set_path(out, key.split("."), value)
+        except ConfigError as e:
+            raise SpecError(f"--set {key}: {e}") from None
+    return out
+
+
 def run_spec(spec: Spec, *, data_root: Path, results_dir: Path | None, work_dir: Path,
-             overrides: dict[str, Any] | None = None) -> dict:
-    """Run one spec and return its result record; written to ``results_dir/<name>.json`` if given."""
-    params = {**spec.params, **(overrides or {})}
+             overrides: dict[str, Any] | None = None, merge: bool = False) -> dict:
+    """Run one spec and return its result record; written to ``results_dir/<name>.json`` if given.
+
+    ``overrides`` replace spec parameters; a dotted key (``lookup.rounds``) sets a value inside
+    a parameter block and leaves the block's other settings alone. With ``merge``, the saved
+    result's metrics and details that this run did not produce (parts switched off) are kept,
+    and the record names the run they came from (see :func:`merge_records`).
+    """
+    params = override_params(spec.params, overrides or {})
     pipeline = resolve_pipeline(spec.pipeline)
     work_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(spec=spec, data_root=data_root, work_dir=work_dir, params=params)
@@ -90,6 +110,13 @@ def run_spec(spec: Spec, *, data_root: Path, results_dir: Path | None, work_dir:
     out = pipeline(ctx)
     elapsed = time.perf_counter() - t0
     metrics = out.get("metrics", {})
+    headline = out.get("headline", [c.metric for c in spec.checks])
+    details = out.get("details", {})
+    merged_from = None
+    saved = results_dir / f"{spec.name}.json" if results_dir is not None else None
+    if merge and saved is not None and saved.exists():
+        metrics, headline, details, merged_from = merge_records(json.loads(saved.read_text()), metrics,
+                                                                headline, details)
     checks = evaluate_checks(spec.checks, metrics, out.get("not_run", {}))
     record = {
         "spec": spec.name,
@@ -98,8 +125,8 @@ def run_spec(spec: Spec, *, data_root: Path, results_dir: Path | None, work_dir:
         "dataset": spec.dataset,
         "params": params,
         "metrics": metrics,
-        "headline": out.get("headline", [c.metric for c in spec.checks]),
-        "details": out.get("details", {}),
+        "headline": headline,
+        "details": details,
         "checks": checks,
         "passed": all(c["passed"] is not False for c in checks),
         "not_run": sorted(c["metric"] for c in checks if c["passed"] is None),
@@ -109,10 +136,33 @@ def run_spec(spec: Spec, *, data_root: Path, results_dir: Path | None, work_dir:
         "versions": package_versions(),
         "commit": git_commit(),
     }
+    if merged_from is not None:
+        record["merged_from"] = merged_from
     if results_dir is not None:
         results_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(results_dir / f"{spec.name}.json", json.dumps(record, indent=2, default=_jsonable) + "\n")
     return record
+
+
+def merge_records(previous: dict, metrics: dict, headline: list, details: dict) -> tuple[dict, list, dict, dict]:
+    """This run's numbers over a saved result's: what the run did not produce is kept.
+
+    Returns the merged metrics, headline and details, and ``merged_from``: the previous run's
+    date, commit, duration and parameters, with the metric and detail names taken from it (a
+    chain when that run was itself merged), so every number stays traceable to its run.
+    """
+    kept_metrics = sorted(k for k in previous.get("metrics", {}) if k not in metrics)
+    kept_details = sorted(k for k in previous.get("details", {}) if k not in details)
+    merged_metrics = {**{k: previous["metrics"][k] for k in kept_metrics}, **metrics}
+    merged_headline = list(dict.fromkeys([*previous.get("headline", []), *headline]))
+    merged_headline = [h for h in merged_headline if h in merged_metrics]
+    merged_details = {**{k: previous["details"][k] for k in kept_details}, **details}
+    source = {"date": previous.get("date"), "commit": previous.get("commit"),
+              "duration_s": previous.get("duration_s"), "params": previous.get("params"),
+              "metrics": kept_metrics, "details": kept_details}
+    if previous.get("merged_from"):
+        source["merged_from"] = previous["merged_from"]
+    return merged_metrics, merged_headline, merged_details, source
 
 
 def _jsonable(x: Any) -> Any:

@@ -234,3 +234,18 @@ def test_serving_imports_no_torch():
     code = ("import sys, indexing.table_store, embedx.tables.export; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("op", ["mult", "add"])
+def test_qr_blocked_combine_matches_torch(op, monkeypatch):
+    """The QR kernel combines its two gathers an L2-sized block at a time: a batch spanning
+    several blocks, the last one short, must still equal torch exactly."""
+    from indexing import table_lookups
+
+    table = METHODS["qr"](CARDS, DIM, Budget.from_rate(0.1, CARDS, DIM), seed=0, op=op).eval()
+    row_bytes = len(CARDS) * DIM * 4
+    monkeypatch.setattr(table_lookups.QR, "BLOCK_BYTES", 7 * row_bytes)  # 7 rows a block
+    ids = random_ids(CARDS, 100, seed=3)  # 14 full blocks and one of 2 rows
+    with torch.no_grad():
+        expected = table(ids).numpy()
+    np.testing.assert_array_equal(table.export().to_store().lookup(ids.numpy()), expected)
