@@ -151,12 +151,15 @@ def merge_records(previous: dict, metrics: dict, headline: list, details: dict) 
     date, commit, duration and parameters, with the metric and detail names taken from it (a
     chain when that run was itself merged), so every number stays traceable to its run.
     """
-    kept_metrics = sorted(k for k in previous.get("metrics", {}) if k not in metrics)
-    kept_details = sorted(k for k in previous.get("details", {}) if k not in details)
-    merged_metrics = {**{k: previous["metrics"][k] for k in kept_metrics}, **metrics}
+    def overlay(old: dict, new: dict) -> dict:  # the saved order, new values in place, new keys last
+        return {**{k: new.get(k, v) for k, v in old.items()}, **new}
+
+    old_metrics, old_details = previous.get("metrics", {}), previous.get("details", {})
+    kept_metrics = [k for k in old_metrics if k not in metrics]
+    kept_details = [k for k in old_details if k not in details]
+    merged_metrics, merged_details = overlay(old_metrics, metrics), overlay(old_details, details)
     merged_headline = list(dict.fromkeys([*previous.get("headline", []), *headline]))
     merged_headline = [h for h in merged_headline if h in merged_metrics]
-    merged_details = {**{k: previous["details"][k] for k in kept_details}, **details}
     source = {"date": previous.get("date"), "commit": previous.get("commit"),
               "duration_s": previous.get("duration_s"), "params": previous.get("params"),
               "metrics": kept_metrics, "details": kept_details}
