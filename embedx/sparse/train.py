@@ -31,12 +31,12 @@ import click
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from tqdm.auto import tqdm
 
-from indexing.fsutil import atomic_directory, atomic_write_text
+from indexing.fsutil import atomic_write_text
+
+from ..checkpoint import join_tensors, latest_checkpoint, read_state, read_tensors, split_tensors, write_checkpoint
 
 from .config import SparseConfigError, SparseRunConfig, StageConfig, config_to_dict, load_config, run_signature
 from .dataset import PreparedData, PreparedDataError, StageSampler
@@ -324,10 +324,8 @@ class SparseTrainer:
         return self.out / "checkpoints"
 
     def save_checkpoint(self, opt, sched, sampler: StageSampler) -> Path:
-        root = self.checkpoint_root
-        folder = root / f"step-{self.global_step:07d}"
         opt_state = opt.state_dict()
-        opt_tensors, opt_scalars = _split_tensors(opt_state["state"])
+        opt_tensors, opt_scalars = split_tensors(opt_state["state"])
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -336,26 +334,14 @@ class SparseTrainer:
                  "stage": self.stage_names[self.stage_index], "sampler": sampler.state(),
                  "optimizer": {"param_groups": opt_state["param_groups"], "scalars": opt_scalars},
                  "scheduler": sched.state_dict()}
-        if folder.exists():
-            shutil.rmtree(folder)
-        with atomic_directory(folder) as tmp:
-            (tmp / "model.safetensors").write_bytes(st_save(_split_tensors({"m": self.model.state_dict()})[0]))
-            (tmp / "optimizer.safetensors").write_bytes(st_save(opt_tensors))
-            (tmp / "rng.safetensors").write_bytes(st_save(rng))
-            (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-        atomic_write_text(root / "latest.json",
-                          json.dumps({"checkpoint": folder.name, "global_step": self.global_step}))
-        for old in sorted(root.glob("step-*"))[:-self.cfg.trainer.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        log.debug("checkpoint written: %s", folder)
-        return folder
+        return write_checkpoint(self.checkpoint_root, f"step-{self.global_step:07d}",
+                                tensors={"model": split_tensors({"m": self.model.state_dict()})[0],
+                                         "optimizer": opt_tensors, "rng": rng},
+                                state=state, pointer={"global_step": self.global_step},
+                                keep=self.cfg.trainer.keep_checkpoints)
 
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.checkpoint_root / "latest.json"
-        if not pointer.is_file():
-            return None
-        folder = self.checkpoint_root / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-        return folder if (folder / "state.json").is_file() else None
+        return latest_checkpoint(self.checkpoint_root)
 
     def _resume_state(self) -> Path | None:
         """Restore the weights and position of the latest checkpoint; the optimiser, scheduler
@@ -363,7 +349,7 @@ class SparseTrainer:
         folder = self.latest_checkpoint()
         if folder is None:
             return None
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        state = read_state(folder)
         if state.get("format_version") != CHECKPOINT_VERSION:
             raise SparseConfigError(f"{folder}: checkpoint format {state.get('format_version')}, "
                                     f"expected {CHECKPOINT_VERSION}")
@@ -372,7 +358,7 @@ class SparseTrainer:
             diff = sorted(k for k in set(now) | set(state["signature"]) if now.get(k) != state["signature"].get(k))
             raise SparseConfigError(f"{folder}: the checkpoint belongs to a different run ({', '.join(diff)} differ); "
                                     f"use another output_dir or trainer.resume=false")
-        self.model.load_state_dict(_join_tensors(st_load((folder / "model.safetensors").read_bytes()), {})["m"])
+        self.model.load_state_dict(join_tensors(read_tensors(folder, "model"), {})["m"])
         self.global_step = int(state["global_step"])
         self.stage_index = int(state["stage_index"])
         self.stage_step = int(state["stage_step"])
@@ -388,9 +374,8 @@ class SparseTrainer:
         return folder
 
     def _load_checkpoint(self, folder: Path, opt, sched, sampler: StageSampler) -> None:
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        entries = _join_tensors(st_load((folder / "optimizer.safetensors").read_bytes()),
-                                state["optimizer"]["scalars"])
+        state = read_state(folder)
+        entries = join_tensors(read_tensors(folder, "optimizer"), state["optimizer"]["scalars"])
         # the optimiser moves its state tensors to each parameter's device itself
         opt.load_state_dict({"state": {int(k): v for k, v in entries.items()},
                              "param_groups": state["optimizer"]["param_groups"]})
@@ -399,7 +384,7 @@ class SparseTrainer:
         self._restore_rng(folder)
 
     def _restore_rng(self, folder: Path) -> None:
-        rng = st_load((folder / "rng.safetensors").read_bytes())
+        rng = read_tensors(folder, "rng")
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
@@ -411,28 +396,6 @@ class SparseTrainer:
         keep = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line)["global_step"] <= self.global_step]
         atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _split_tensors(nested: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``{outer: {inner: value}}`` -> (``"outer.inner"`` -> detached contiguous CPU tensor copy,
-    ``"outer.inner"`` -> JSON scalar): what safetensors and ``state.json`` hold. Copies also
-    untie shared tensors (tied embeddings), which safetensors refuses."""
-    tensors, scalars = {}, {}
-    for outer, entries in nested.items():
-        for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{outer}.{key}"] = value.detach().cpu().clone().contiguous()
-            else:
-                scalars[f"{outer}.{key}"] = value
-    return tensors, scalars
-
-
-def _join_tensors(tensors: dict, scalars: dict) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for name, value in [*tensors.items(), *scalars.items()]:
-        outer, key = name.split(".", 1)
-        out.setdefault(outer, {})[key] = value
-    return out
 
 
 def train_from_config(path: str | Path | None = None, overrides: Iterable[str] = (), *,

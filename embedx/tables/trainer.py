@@ -23,7 +23,6 @@ import logging
 import math
 import random
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,9 +38,11 @@ from tqdm.auto import tqdm
 
 from indexing.fsutil import atomic_write_bytes, atomic_write_text
 
+from ..checkpoint import (detached, join_tensors, latest_checkpoint, read_state, read_tensors, split_tensors,
+                          write_checkpoint)
+
 from .base import TableConfigError
 from .config import ConfigError, TrainerConfig
-from .data.cache import atomic_directory
 from .data.dataset import Batch, BatchSource, num_batches
 from .models import CTRModel
 from .optim import OptimizerSet, optimizer_name, sparse_optimizer
@@ -265,7 +266,7 @@ class Trainer:
             log.warning("validation AUC is undefined (one class only); counting the epoch as no gain")
         if math.isfinite(auc) and auc > self.best_auc + self.cfg.min_delta:
             self.best_auc, self.best_epoch, self.bad_epochs = auc, self.epoch, 0
-            state = _state_tensors(self.model)
+            state = detached(self.model.state_dict())
             if self.output_dir is None:
                 self._best_state = state  # kept in memory only when there is no folder to keep it in
             else:
@@ -295,17 +296,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write the state after ``self.epoch`` epochs; keep the newest ``keep_checkpoints``."""
-        root = self.checkpoint_root
-        folder = root / f"epoch-{self.epoch:04d}"
         opt_state = self.optimizer.state_dict()
-        opt_tensors, opt_scalars = {}, {}
-        for idx, entries in opt_state["state"].items():
-            for key, value in entries.items():
-                name = f"{idx}.{key}"
-                if isinstance(value, torch.Tensor):
-                    opt_tensors[name] = value.detach().cpu().clone().contiguous()
-                else:
-                    opt_scalars[name] = value
+        opt_tensors, opt_scalars = split_tensors(opt_state["state"])
         state = {
             "format_version": CHECKPOINT_VERSION, "epoch": self.epoch, "seed": self.seed,
             "signature": self.signature, "history": self.history, "best_auc": _json_float(self.best_auc),
@@ -315,25 +307,13 @@ class Trainer:
             "numpy_random": _np_state_to_json(np.random.get_state()),
             "python_random": _py_state_to_json(random.getstate()),
         }
-        if folder.exists():
-            shutil.rmtree(folder)
-        with atomic_directory(folder) as tmp:
-            (tmp / "model.safetensors").write_bytes(st_save(_state_tensors(self.model)))
-            (tmp / "optimizer.safetensors").write_bytes(st_save(opt_tensors))
-            (tmp / "rng.safetensors").write_bytes(st_save({"torch": torch.get_rng_state()}))
-            (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-        atomic_write_text(root / "latest.json", json.dumps({"checkpoint": folder.name, "epoch": self.epoch}))
-        for old in sorted(root.glob("epoch-*"))[:-self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        log.debug("checkpoint written: %s", folder)
-        return folder
+        return write_checkpoint(self.checkpoint_root, f"epoch-{self.epoch:04d}",
+                                tensors={"model": detached(self.model.state_dict()), "optimizer": opt_tensors,
+                                         "rng": {"torch": torch.get_rng_state()}},
+                                state=state, pointer={"epoch": self.epoch}, keep=self.cfg.keep_checkpoints)
 
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.checkpoint_root / "latest.json"
-        if not pointer.is_file():
-            return None
-        folder = self.checkpoint_root / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-        return folder if (folder / "state.json").is_file() else None
+        return latest_checkpoint(self.checkpoint_root)
 
     def resume(self, folder: Path | None = None) -> bool:
         """Restore the latest (or the given) checkpoint; False when there is none."""
@@ -341,7 +321,7 @@ class Trainer:
         if folder is None:
             log.info("no checkpoint in %s; starting from scratch", self.checkpoint_root)
             return False
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        state = read_state(folder)
         if state.get("format_version") != CHECKPOINT_VERSION:
             raise ConfigError(f"{folder}: checkpoint format {state.get('format_version')}, expected {CHECKPOINT_VERSION}")
         if state["signature"] != self.signature:
@@ -353,14 +333,11 @@ class Trainer:
         if state["optimizer"]["class"] != optimizer_name(self.optimizer):
             raise ConfigError(f"{folder}: checkpoint optimizer {state['optimizer']['class']}, "
                               f"configured {optimizer_name(self.optimizer)}")
-        self.model.load_state_dict(st_load((folder / "model.safetensors").read_bytes()))
-        tensors = st_load((folder / "optimizer.safetensors").read_bytes())
-        entries: dict[int, dict[str, Any]] = {}
-        for name, value in [*tensors.items(), *state["optimizer"]["scalars"].items()]:
-            idx, key = name.split(".", 1)
-            entries.setdefault(int(idx), {})[key] = value
-        self.optimizer.load_state_dict({"state": entries, "param_groups": state["optimizer"]["param_groups"]})
-        torch.set_rng_state(st_load((folder / "rng.safetensors").read_bytes())["torch"])
+        self.model.load_state_dict(read_tensors(folder, "model"))
+        entries = join_tensors(read_tensors(folder, "optimizer"), state["optimizer"]["scalars"])
+        self.optimizer.load_state_dict({"state": {int(k): v for k, v in entries.items()},
+                                        "param_groups": state["optimizer"]["param_groups"]})
+        torch.set_rng_state(read_tensors(folder, "rng")["torch"])
         np.random.set_state(_np_state_from_json(state["numpy_random"]))
         random.setstate(_py_state_from_json(state["python_random"]))
         self.epoch = int(state["epoch"])
@@ -370,11 +347,6 @@ class Trainer:
         self.bad_epochs = int(state["bad_epochs"])
         log.info("resumed from %s (epoch %d)", folder, self.epoch)
         return True
-
-
-def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached, contiguous, unshared copy of the state dict (what safetensors needs)."""
-    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 def _json_float(x: float) -> float | str:
