@@ -26,15 +26,10 @@ from playwright.sync_api import expect  # noqa: E402
 
 from embedx.retrieval import build_lexical_bundle  # noqa: E402
 from serving.app import create_app  # noqa: E402
-from test_server_kit import config_for, shared_workspace  # noqa: E402
+from test_server_kit import config_for  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return shared_workspace(tmp_path_factory)
 
 
 def _free_port() -> int:

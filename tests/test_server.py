@@ -23,14 +23,9 @@ from indexing.fusion import fuse_results  # noqa: E402
 from serving.app import create_app  # noqa: E402
 from serving.batching import MicroBatcher  # noqa: E402
 from serving.config import ConfigError, load_config, parse_config  # noqa: E402
-from test_server_kit import HashEncoder, config_for, demo_queries, shared_workspace  # noqa: E402
+from test_server_kit import HashEncoder, config_for, demo_queries  # noqa: E402
 
 QUERY = "why does the moon cause tides"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return shared_workspace(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,9 @@ from serving.errors import ApiError  # noqa: E402
 from serving.fastpath import FastPath, FastRoute  # noqa: E402
 from serving.limits import InlinePolicy  # noqa: E402
 from serving.state import Retriever  # noqa: E402
-from test_server_kit import config_for, shared_workspace  # noqa: E402
+from test_server_kit import config_for  # noqa: E402
 
 QUERY = "why does the moon cause tides"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return shared_workspace(tmp_path_factory)
 
 
 # ---------------------------------------------------------------------- the fast path, alone

@@ -24,7 +24,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
-from test_server_kit import config_for, shared_workspace  # noqa: E402
+from test_server_kit import config_for  # noqa: E402
 
 EXAMPLES = int(os.environ.get("EMBEDX_FUZZ_EXAMPLES", "15"))   # raise it for a deeper local run
 OPERATIONS = [("POST", "/v1/search"), ("POST", "/v1/search/batch"), ("POST", "/v1/search/vector"),
@@ -34,11 +34,6 @@ OPERATIONS = [("POST", "/v1/search"), ("POST", "/v1/search/batch"), ("POST", "/v
 # collection's index, indices and values must pair up, a swapped-in path must hold a bundle):
 # for these, 400 on schema-valid input is right, so the "valid data is accepted" check is off.
 SEMANTIC_400 = {"/v1/search/vector", "/v1/search/vector/batch", "/v1/admin/swap"}
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return shared_workspace(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

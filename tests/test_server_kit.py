@@ -136,7 +136,7 @@ _WORKSPACE: list[Path] = []
 
 
 def shared_workspace(tmp_path_factory) -> Path:
-    """The workspace, built once per test process (test modules wrap this in a ``workspace`` fixture)."""
+    """The workspace, built once per test process (the ``workspace`` fixture of ``tests/conftest.py``)."""
     if not _WORKSPACE:
         _WORKSPACE.append(build_workspace(tmp_path_factory.mktemp("serve")))
     return _WORKSPACE[0]

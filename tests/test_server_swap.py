@@ -17,14 +17,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from embedx.retrieval import build_lexical_bundle  # noqa: E402
 from serving.app import create_app  # noqa: E402
 from serving.state import ServerState  # noqa: E402
-from test_server_kit import HashEncoder, build_dense_bundle, config_for, demo_corpus, shared_workspace  # noqa: E402
+from test_server_kit import HashEncoder, build_dense_bundle, config_for, demo_corpus  # noqa: E402
 
 QUERY = "how do vaccines train the immune system"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return shared_workspace(tmp_path_factory)
 
 
 def _hits(client, mode="dense", query=QUERY):
