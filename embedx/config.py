@@ -117,6 +117,12 @@ def read_config(path: str | Path | None = None, overrides: Iterable[str] = (),
 
 
 # ---------------------------------------------------------------- types
+#: scalar annotation -> (accepted Python types, what the error says was expected); a YAML
+#: true/false is never taken for a number
+_SCALARS = {bool: ((bool,), "true/false"), int: ((int,), "an integer"), float: ((int, float), "a number"),
+            str: ((str,), "a string")}
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against a simple annotation (int, float, bool, str, X | None, list[X],
     tuple[X, ...], dict, Any) and return it normalised (ints accepted as floats)."""
@@ -144,22 +150,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
+    if tp in _SCALARS:
+        accepted, expected = _SCALARS[tp]
+        if not isinstance(value, accepted) or (tp is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+        return float(value) if tp is float else value
     return value  # an annotation this checker does not know: trust the constructor
 
 

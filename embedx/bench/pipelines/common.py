@@ -1,9 +1,12 @@
-"""Shared set-up of the sparse benchmarks: a BEIR data set with BM25 impact weights and
-the same uint8 impacts for every engine, so engines are compared on identical input."""
+"""Shared set-up of the benchmark pipelines: a BEIR data set with BM25 impact weights and
+the same uint8 impacts for every engine, so engines are compared on identical input; torch
+pinned to a thread count for a timed block."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -14,6 +17,19 @@ from ...data import load_beir
 from ...lexical import BM25Weighting
 from ...retrieval import doc_text
 from ..runner import Context
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch at ``n`` intra-op threads inside the block, the caller's setting restored after."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 @dataclass

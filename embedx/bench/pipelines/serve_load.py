@@ -44,6 +44,7 @@ import numpy as np
 from ...data import load_beir
 from ...retrieval import doc_text
 from ..loadgen import LoadResult, summarize
+from .common import torch_threads
 from ..runner import BenchmarkSkipped, Context
 
 log = logging.getLogger(__name__)
@@ -127,17 +128,6 @@ def pinned_threads(n: int) -> Iterator[None]:
             faiss.omp_set_num_threads(saved_faiss)
         if saved_torch is not None:
             sys.modules["torch"].set_num_threads(saved_torch)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    import torch
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 # ---------------------------------------------------------------------- encoders

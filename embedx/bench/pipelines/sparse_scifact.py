@@ -27,7 +27,6 @@ it; the checks on it have no value, and :func:`run` lists them under ``not_run``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
@@ -39,6 +38,7 @@ import numpy as np
 
 from ..runner import BenchmarkSkipped, Context
 from ..timing import interleaved
+from .common import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +162,6 @@ def latency_pair(a: Callable[[int], object], b: Callable[[int], object], n: int,
 
 
 # ---------------------------------------------------------------------- ONNX export and throughput
-@contextlib.contextmanager
-def torch_threads(n: int):
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
 def exported(model_dir: Path, precision: str, cache: Path, max_length: int) -> Path:
     """The ONNX export of a document encoder folder, made once per model content, settings and exporter code."""
     from embedx.export import export_sparse_doc
