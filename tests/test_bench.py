@@ -160,3 +160,17 @@ def test_checks_declared_not_run_are_neither_pass_nor_fail():
     out = evaluate_checks(checks, {"a": 2.0}, {"b": "model not trained"})
     assert [c["passed"] for c in out] == [True, None, False]
     assert "not trained" in out[1]["note"]
+
+
+def test_report_names_the_runs_of_a_merged_result():
+    from embedx.bench.report import provenance
+
+    run0 = {"date": "d0", "duration_s": 10, "commit": "c0" * 10, "details": ["a", "b", "c"]}
+    run1 = {"date": "d1", "duration_s": 2, "commit": "c1" * 10, "details": ["a", "b", "c"], "merged_from": run0}
+    record = {"date": "d2", "duration_s": 3, "commit": "c2" * 10, "details": {"a": 1, "b": 2, "c": 3},
+              "merged_from": run1}
+    # d2 measured c; d1 measured b (kept then), d0 measured a (kept through d1)
+    run1["details"], run0["details"] = ["a", "b"], ["a", "c"]
+    assert provenance(record) == ("Run d2, 3 s, commit `c2c2c2c2c2c2`. Kept from the run of d1, 2 s, commit "
+                                  "`c1c1c1c1c1c1`: b. Kept from the run of d0, 10 s, commit `c0c0c0c0c0c0`: a.")
+    assert provenance({"date": "d", "duration_s": 1, "commit": None}) == "Run d, 1 s, commit `?`."

@@ -38,6 +38,27 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
+def _run(r: dict) -> str:
+    return f"{r.get('date', '?')}, {r.get('duration_s', '?')} s, commit `{(r.get('commit') or '?')[:12]}`"
+
+
+def provenance(r: dict) -> str:
+    """Which run measured what: a merged result (``bench run --merge``) names each earlier run
+    and the parts (detail blocks) still taken from it."""
+    text = f"Run {_run(r)}."
+    src = r.get("merged_from")
+    taken = list(src.get("details", [])) if src else []   # parts the record takes from ``src``'s record
+    while src:
+        earlier = src.get("merged_from")
+        older = set(earlier.get("details", [])) if earlier else set()
+        own = [d for d in taken if d not in older]          # measured by ``src`` itself
+        if own:
+            text += f" Kept from the run of {_run(src)}: {', '.join(own)}."
+        taken = [d for d in taken if d in older]
+        src = earlier
+    return text
+
+
 def render_table(results: list[dict]) -> str:
     lines = ["| Benchmark | Metric | Value | Target | Status |", "|---|---|---|---|---|"]
     for r in results:
@@ -49,8 +70,7 @@ def render_table(results: list[dict]) -> str:
             status = ({True: "pass", False: "**FAIL**", None: "not run"}[c["passed"]]) if c else ""
             lines.append(f"| `{r['spec']}` | {metric} | {_fmt(value)} | {target} | {status} |")
     machines = {(r.get("machine", {}).get("cpu"), r.get("machine", {}).get("cpu_count")) for r in results}
-    foot = [f"- `{r['spec']}`: {r.get('description', '').strip()} Run {r.get('date', '?')}, "
-            f"{r.get('duration_s', '?')} s, commit `{(r.get('commit') or '?')[:12]}`." for r in results]
+    foot = [f"- `{r['spec']}`: {r.get('description', '').strip()} {provenance(r)}" for r in results]
     mach = "; ".join(f"{cpu or '?'} ({n} cores)" for cpu, n in sorted(machines, key=str))
     return "\n".join(lines + ["", f"Measured on: {mach}.", ""] + foot)
 
