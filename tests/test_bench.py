@@ -174,3 +174,15 @@ def test_report_names_the_runs_of_a_merged_result():
     assert provenance(record) == ("Run d2, 3 s, commit `c2c2c2c2c2c2`. Kept from the run of d1, 2 s, commit "
                                   "`c1c1c1c1c1c1`: b. Kept from the run of d0, 10 s, commit `c0c0c0c0c0c0`: a.")
     assert provenance({"date": "d", "duration_s": 1, "commit": None}) == "Run d, 1 s, commit `?`."
+
+
+def test_charts_are_written_as_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from embedx.bench.figures import plot_path
+    from embedx.bench.pipelines.serve_load import plot_latencies
+
+    out = plot_latencies({"sparse_c1": [0.4, 0.5, 0.7], "sparse_inproc": [0.2, 0.3]}, tmp_path / "charts" / "l.png")
+    assert out == str(tmp_path / "charts" / "l.png")
+    assert (tmp_path / "charts" / "l.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in (tmp_path / "charts").iterdir()] == ["l.png"]  # no temporary file left
+    assert plot_path(str(tmp_path)) == tmp_path and plot_path("benchmarks/x.png").parts[-2:] == ("benchmarks", "x.png")

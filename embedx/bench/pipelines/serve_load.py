@@ -43,6 +43,7 @@ import numpy as np
 
 from ...data import load_beir
 from ...retrieval import doc_text
+from ..figures import plot_path, pyplot, save_figure
 from ..loadgen import LoadResult, summarize
 from .common import torch_threads
 from ..runner import BenchmarkSkipped, Context
@@ -87,7 +88,6 @@ def run(ctx: Context) -> dict:
 
     latencies = load_details.pop("latencies", {})
     if p.get("plot") and latencies:
-        from .tables_core import plot_path
         details["plot"] = plot_latencies(latencies, plot_path(p["plot"]))
     return {"metrics": metrics, "headline": headline(metrics, modes), "details": details}
 
@@ -756,17 +756,9 @@ def _batch_summary(text: str) -> dict:
 # ---------------------------------------------------------------------- plot
 def plot_latencies(latencies: Mapping[str, Sequence[float]], path: Path) -> str | None:
     """Latency distributions (CDF, log-scale ms) per mode: in-process and HTTP at each concurrency."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return None
-    import io
-
-    from indexing.fsutil import atomic_write_bytes
-
     modes = [m for m in MODES if any(k.startswith(m + "_") for k in latencies)]
     fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4.2), sharey=True, squeeze=False)
     for ax, mode in zip(axes[0], modes):
@@ -786,10 +778,4 @@ def plot_latencies(latencies: Mapping[str, Sequence[float]], path: Path) -> str 
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("fraction of requests")
     fig.suptitle("serve-load: client-side latency distributions")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return str(path)
+    return save_figure(fig, path, dpi=110)

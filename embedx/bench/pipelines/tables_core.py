@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..figures import plot_path, pyplot, save_figure
 from ..runner import BenchmarkSkipped, Context
 
 log = logging.getLogger(__name__)
@@ -104,27 +105,12 @@ def run(ctx: Context) -> dict:
     return {"metrics": metrics, "headline": headline_metrics(metrics, rates), "details": details}
 
 
-def plot_path(name: str) -> Path:
-    """An absolute path as is; a relative one from the checkout (the folder holding ``benchmarks/``)."""
-    from embedx.paths import benchmarks_dir
-
-    path = Path(name)
-    return path if path.is_absolute() else benchmarks_dir().parent / path
-
-
 def plot_quality(details: Mapping[str, Any], path: Path) -> str | None:
     """Test AUC against table bytes (log scale), one line per method over its budgets, the
     uncompressed table as a dashed line: points up and to the left are better."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return None
-    from indexing.fsutil import atomic_write_bytes
-    import io
-
     fig, ax = plt.subplots(figsize=(8, 5.5))
     full = details["full"]
     ax.axhline(full["test_auc"], color="black", ls="--", lw=1, label=f"uncompressed ({full['memory_bytes'] / 1e3:.0f} kB)")
@@ -145,10 +131,4 @@ def plot_quality(details: Mapping[str, Any], path: Path) -> str | None:
     ax.set_title(f"{details.get('data', '')} / {details.get('model', '')}: AUC against table memory")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="lower right")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return str(path)
+    return save_figure(fig, path, dpi=120)
