@@ -117,6 +117,17 @@ def test_training_missing_and_command(tmp_path, trained_run):
     assert ss.training_missing(ss.Row("ok", "trained", model=str(trained_run))) is None
 
 
+def test_training_record_reads_the_runs_own_config_and_summary(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    row = ss.Row("ours", "trained", model=str(run))
+    assert ss.training_record(row) == {}
+    (run / "config.yaml").write_text("name: x\nstages:\n  pretrain: null\n  finetune: {steps: 400}\n")
+    (run / "summary.json").write_text('{"global_step": 400}')
+    assert ss.training_record(row) == {"config": {"name": "x", "stages": {"pretrain": None, "finetune": {"steps": 400}}},
+                                       "summary": {"global_step": 400}}
+
+
 def test_latency_pair_ratio_of_medians():
     ticks = iter(np.arange(0, 1000, 1.0))
     # a fake clock that advances by 1 per reading: every call of a takes 1, of b takes 1 -> ratio 1

@@ -86,6 +86,22 @@ def training_missing(row: Row) -> str | None:
     return f"{root}: no {' or '.join(missing)}" if missing else None
 
 
+def training_record(row: Row) -> dict[str, Any]:
+    """How a trained row's model was made, as its run folder records it: the resolved config
+    (``config.yaml``, overrides applied) and the run summary (``summary.json``), so a result made
+    with a shortened or changed recipe says so."""
+    import json
+
+    import yaml
+
+    root, out = Path(row.model), {}
+    if (root / "config.yaml").is_file():
+        out["config"] = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
+    if (root / "summary.json").is_file():
+        out["summary"] = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    return out
+
+
 def train_command(row: Row) -> str:
     config = row.config or "<config.yaml>"
     return (f"embedx sparse prepare --dataset $EMBEDX_DATA/scifact --out runs/sparse/scifact-train.npz "
@@ -376,6 +392,8 @@ def run(ctx: Context) -> dict:
         details["rows"][r.name] = {"status": "measured", "model": str(model_dir), "kind": r.kind,
                                    "query_encoder": type(q_enc).__name__,
                                    "latency_includes_query_encoding": r.kind != "siamese"}
+        if r.kind == "trained":
+            details["rows"][r.name]["training"] = training_record(r)
 
         # latency against BM25, one query per call
         docs = corpus_matrix(doc_enc, texts)
