@@ -186,3 +186,13 @@ def test_charts_are_written_as_png(tmp_path):
     assert (tmp_path / "charts" / "l.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in (tmp_path / "charts").iterdir()] == ["l.png"]  # no temporary file left
     assert plot_path(str(tmp_path)) == tmp_path and plot_path("benchmarks/x.png").parts[-2:] == ("benchmarks", "x.png")
+
+
+def test_machine_identity_names_the_simd_level():
+    from embedx.bench.environment import cpu_identity
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n\n"
+            "processor\t: 1\nmodel name\t: other\n")
+    assert cpu_identity(text) == {"cpu_family": 26, "cpu_model": 2, "cpu": "AMD EPYC",
+                                  "simd": ["avx2", "fma", "avx512f", "avx512_vnni"]}

@@ -148,7 +148,7 @@ def merge_records(previous: dict, metrics: dict, headline: list, details: dict) 
     """This run's numbers over a saved result's: what the run did not produce is kept.
 
     Returns the merged metrics, headline and details, and ``merged_from``: the previous run's
-    date, commit, duration and parameters, with the metric and detail names taken from it (a
+    date, commit, duration, machine and parameters, with the metric and detail names taken from it (a
     chain when that run was itself merged), so every number stays traceable to its run.
     """
     def overlay(old: dict, new: dict) -> dict:  # the saved order, new values in place, new keys last
@@ -161,7 +161,8 @@ def merge_records(previous: dict, metrics: dict, headline: list, details: dict) 
     merged_headline = list(dict.fromkeys([*previous.get("headline", []), *headline]))
     merged_headline = [h for h in merged_headline if h in merged_metrics]
     source = {"date": previous.get("date"), "commit": previous.get("commit"),
-              "duration_s": previous.get("duration_s"), "params": previous.get("params"),
+              "duration_s": previous.get("duration_s"), "machine": previous.get("machine"),
+              "params": previous.get("params"),
               "metrics": kept_metrics, "details": kept_details}
     if previous.get("merged_from"):
         source["merged_from"] = previous["merged_from"]
