@@ -70,8 +70,13 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Set ``a.b=c`` paths in a raw config mapping (a copy), creating missing blocks."""
+    return apply_parsed(raw, parse_overrides(overrides))
+
+
+def apply_parsed(raw: dict[str, Any], overrides: Iterable[tuple[list[str], Any]]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``(path parts, value)`` set (see :func:`set_path`)."""
     raw = _deepcopy(raw)
-    for parts, value in parse_overrides(overrides):
+    for parts, value in overrides:
         set_path(raw, parts, value)
     return raw
 

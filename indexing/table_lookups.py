@@ -184,8 +184,8 @@ class QR(Kernel):
 
     Order matters for speed (measured, batch 4096 x 26): the remainder table, the large one,
     is gathered straight into ``out`` and the small quotient table into a reused scratch
-    buffer, then an in-place ``*=``/``+=``, one L2-sized block of rows at a time. Integer ``divmod`` is exact for every id and as
-    fast as a float reciprocal here.
+    buffer, then an in-place ``*=``/``+=``, one L2-sized block of rows at a time. Integer
+    ``divmod`` is exact for every id and as fast as a float reciprocal here.
     """
 
     arrays_required = ("quotient", "remainder", "dense")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import importlib
 import json
@@ -81,15 +80,12 @@ def evaluate_checks(spec_checks, metrics: dict, not_run: dict) -> list[dict]:
 
 def override_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``params`` with ``overrides`` applied (dotted keys reach into blocks), as a copy."""
-    from embedx.config import ConfigError, set_path
+    from embedx.config import ConfigError, apply_parsed
 
-    out = copy.deepcopy(params)
-    for key, value in overrides.items():
-        try:
-            set_path(out, key.split("."), value)
-        except ConfigError as e:
-            raise SpecError(f"--set {key}: {e}") from None
-    return out
+    try:
+        return apply_parsed(params, [(key.split("."), value) for key, value in overrides.items()])
+    except ConfigError as e:
+        raise SpecError(f"--set: {e}") from None
 
 
 def run_spec(spec: Spec, *, data_root: Path, results_dir: Path | None, work_dir: Path,

@@ -45,8 +45,8 @@ from ...data import load_beir
 from ...retrieval import doc_text
 from ..figures import plot_path, pyplot, save_figure
 from ..loadgen import LoadResult, summarize
-from .common import torch_threads
 from ..runner import BenchmarkSkipped, Context
+from .common import torch_threads
 
 log = logging.getLogger(__name__)
 
