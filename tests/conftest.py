@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+DATA = Path(os.environ.get("EMBEDX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    """SciFact in BEIR layout under $EMBEDX_DATA (../shared/data); tests using it skip without it."""
+    path = DATA / "scifact"
+    if not (path / "corpus.jsonl.gz").is_file() and not (path / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact not found under {DATA}")
+    return path
 
 
 @pytest.fixture(scope="session")

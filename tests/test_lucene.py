@@ -113,6 +113,26 @@ def test_impact_ranking_equals_numpy_brute_force(impact_index, random_impacts, i
     np.testing.assert_array_equal(res.rows, want_rows)
 
 
+def test_binary_queries_skip_json_and_rank_the_same(impact_index, random_impacts, monkeypatch):
+    from indexing.lucene import impact as impact_module
+
+    rng = np.random.default_rng(5)
+    q = (rng.random((25, 40)) < 0.2).astype(np.float32)
+    q[3] = 0                                    # a query without terms finds nothing
+    want_rows, want_scores = brute_force(q, random_impacts, 10)
+    tools = impact_module._query_tools
+
+    class NoJson:                               # all weights 1: the string path, never Jackson
+        def readValue(self, text):
+            raise AssertionError("binary queries must not go through JSON")
+
+    monkeypatch.setattr(impact_module, "_query_tools", lambda java: (NoJson(), *tools(java)[1:]))
+    res = impact_index.search(sp.csr_matrix(q), 10)
+    np.testing.assert_array_equal(res.rows, want_rows)
+    np.testing.assert_array_equal(res.scores, want_scores)
+    assert (res.rows[3] == -1).all()
+
+
 def test_impact_threads_give_the_same_results(impact_index):
     q = sp.random(8, 40, density=0.3, format="csr", random_state=3, dtype=np.float32)
     a, b = impact_index.search(q, 20), impact_index.search(q, 20, threads=2)
@@ -128,6 +148,9 @@ def test_weird_vocabulary_terms_are_indexed_verbatim(tmp):
     assert res.rows[:, 0].tolist() == list(range(n))  # "Apple" and "apple" stay distinct
     np.testing.assert_array_equal(res.scores[:, 0], 2 * np.arange(1, n + 1))
     assert (res.rows[:, 1:] == -1).all()
+    ones = index.search(sp.csr_matrix(np.eye(n, dtype=np.float32)), 3)   # weights 1: terms sent as one string
+    assert ones.rows[:, 0].tolist() == list(range(n))
+    np.testing.assert_array_equal(ones.scores[:, 0], np.arange(1, n + 1))
 
 
 @pytest.mark.parametrize("vocab,match", [

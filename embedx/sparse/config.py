@@ -68,6 +68,7 @@ class ModelConfig:
 class QueryConfig:
     mode: str = "idf"             # idf | binary | learnable
     lr: float | None = None       # learning rate of a learnable IDF table (default: the stage's lr)
+    min_idf: float = 0.0          # queries drop tokens whose corpus IDF is below this (stopword-like)
 
 
 @dataclass
@@ -175,6 +176,8 @@ def _check_values(cfg: SparseRunConfig) -> None:
         fail(f"query.lr must be positive, got {cfg.query.lr}")
     if cfg.query.lr is not None and cfg.query.mode != "learnable":
         fail("query.lr only applies to query.mode: learnable")
+    if not 0 <= cfg.query.min_idf < float("inf"):
+        fail(f"query.min_idf must be finite and >= 0, got {cfg.query.min_idf}")
     bad = [t for t in cfg.distill.teachers if t not in TEACHER_NAMES]
     if bad:
         fail(f"distill.teachers: unknown teacher(s) {bad}; choose from {', '.join(TEACHER_NAMES)}")

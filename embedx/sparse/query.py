@@ -13,6 +13,11 @@ each of them. Three modes:
 :meth:`QueryWeights.to_query_encoder` turns the final weights into the
 :class:`~serving.encoders.idf.IdfQueryEncoder` that serves queries, so search uses exactly
 what training used.
+
+``min_idf`` drops tokens whose corpus IDF is below it from every query, in training and in
+search alike (the table holds 0 for them, as for special tokens). Tokens in more than about
+37% of the documents have IDF < 1: stopwords and punctuation, whose long posting lists cost
+search time and, on SciFact, no relevance.
 """
 
 from __future__ import annotations
@@ -27,20 +32,25 @@ QUERY_MODES = ("idf", "binary", "learnable")
 
 
 class QueryWeights(nn.Module):
-    def __init__(self, idf: np.ndarray | torch.Tensor, mode: str = "idf"):
+    def __init__(self, idf: np.ndarray | torch.Tensor, mode: str = "idf", min_idf: float = 0.0):
         super().__init__()
         if mode not in QUERY_MODES:
             raise ValueError(f"query mode must be one of {QUERY_MODES}, got {mode!r}")
+        if not 0 <= min_idf < float("inf"):
+            raise ValueError(f"min_idf must be finite and >= 0, got {min_idf}")
         idf = torch.as_tensor(np.asarray(idf, dtype=np.float32))
         if idf.dim() != 1:
             raise ValueError(f"idf must be a vector, got shape {tuple(idf.shape)}")
         self.mode = mode
+        self.min_idf = float(min_idf)
+        # specials have idf 0 and stay 0; so do tokens below min_idf
+        self.register_buffer("kept", ((idf > 0) & (idf >= min_idf)).float(), persistent=False)
         if mode == "learnable":
             self.idf = nn.Parameter(idf.clone())
         elif mode == "binary":
-            self.register_buffer("idf", (idf > 0).float())   # specials have idf 0 and stay 0
+            self.register_buffer("idf", self.kept.clone())
         else:
-            self.register_buffer("idf", idf.clone())
+            self.register_buffer("idf", idf * self.kept)
 
     @property
     def vocab_size(self) -> int:
@@ -48,7 +58,7 @@ class QueryWeights(nn.Module):
 
     def weights(self) -> torch.Tensor:
         """The ``(V,)`` token weights a query gets (ReLU of the learnable table)."""
-        return torch.relu(self.idf) if self.mode == "learnable" else self.idf
+        return torch.relu(self.idf) * self.kept if self.mode == "learnable" else self.idf
 
     def forward(self, indicator: torch.Tensor) -> torch.Tensor:
         """``(n_q, V)`` 0/1 token indicators -> query vectors."""

@@ -120,7 +120,7 @@ class SparseTrainer:
         except ValueError as e:
             raise SparseConfigError(f"model.path: {e}") from None
         self.idf_encoder = IdfQueryEncoder.from_corpus(tok, self.data.doc_texts(self.corpus, "title_text"))
-        query = QueryWeights(self.idf_encoder.idf, cfg.query.mode)
+        query = QueryWeights(self.idf_encoder.idf, cfg.query.mode, min_idf=cfg.query.min_idf)
         self.model = _Student(encoder, query).to(self.device)
         self._doc_tokens: dict[str, list[np.ndarray]] = {}
         self._query_tokens: dict[str, list[np.ndarray]] = {}

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, InvalidInputError
 from ..fsutil import atomic_write_text
 from ..ids import IdTable
 from ..results import SearchResults
@@ -88,13 +88,24 @@ class LuceneImpactIndex(LuceneIndex):
         java = jvm.start()
         lengths = np.diff(q.indptr)
         ensure_max_clauses(java, int(lengths.max(initial=0)))
+        reader, generator, analyzer = _query_tools(java)
+        if bool((q.data == 1.0).all()):
+            # Every weight is 1 (binary queries, or query weights folded into the impacts):
+            # the terms go over as one space-separated string, which the query generator
+            # splits at whitespace (terms hold none: check_vocab) and weighs by count (1: a
+            # CSR row holds each term once). The query is the one the JSON path builds, at a
+            # third of its cost.
+            vocab = self.vocab
+            indices = q.indices.tolist()
+            jqueries = [generator.buildQuery(CONTENTS, analyzer, " ".join([vocab[t] for t in indices[lo:hi]]))
+                        if lo < hi else None for lo, hi in zip(q.indptr[:-1].tolist(), q.indptr[1:].tolist())]
+            return self._run(searcher, jqueries, k)
         if self._keys is None:
             self._keys = np.array([json.dumps(t, ensure_ascii=False) + ":" for t in self.vocab], dtype=object)
         # Each query crosses into Java as one JSON object {term: weight} that Jackson turns
         # into the Map<String, Float> Anserini's query generator takes; float32 weights
         # print in shortest round-trip form, so Java sees the very same floats.
         terms = self._keys[q.indices] + q.data.astype(str).astype(object)
-        reader, generator = _query_tools(java)
         jqueries = []
         for lo, hi in zip(q.indptr[:-1].tolist(), q.indptr[1:].tolist()):
             if lo == hi:
@@ -113,15 +124,20 @@ class LuceneImpactIndex(LuceneIndex):
         """Open a saved index (see :meth:`save`): checks its files, starts the JVM, opens Lucene."""
         index_dir, ids, rows, settings = cls._load_parts(directory, mmap)
         vocab = read_json(Path(directory) / VOCAB_FILE)
-        if (not isinstance(vocab, list) or len(vocab) != settings.get("vocab_size")
-                or not all(isinstance(t, str) for t in vocab)):
+        if not isinstance(vocab, list) or len(vocab) != settings.get("vocab_size"):
             raise BundleError(f"{Path(directory) / VOCAB_FILE} is not a list of {settings.get('vocab_size')} terms")
+        try:
+            vocab = check_vocab(vocab, len(vocab))
+        except InvalidInputError as e:
+            raise BundleError(f"{Path(directory) / VOCAB_FILE}: {e}") from None
         index = cls(index_dir, ids, rows, settings, vocab)
         index.open()
         return index
 
 
 def _query_tools(java: jvm.Java) -> tuple:
-    """(Jackson reader of JSON into Map<String, Float>, Anserini query generator), made once."""
+    """(Jackson reader of JSON into Map<String, Float>, Anserini query generator, whitespace
+    analyzer), made once."""
     return java.shared("impact-query", lambda j: (
-        j.ObjectMapper().readerForMapOf(j.jclass("java.lang.Float")), j.BagOfWordsQueryGenerator()))
+        j.ObjectMapper().readerForMapOf(j.jclass("java.lang.Float")), j.BagOfWordsQueryGenerator(),
+        j.WhitespaceAnalyzer()))

@@ -45,6 +45,7 @@ _CLASSES = {
     "ArrayList": "java.util.ArrayList",
     "BM25Similarity": "org.apache.lucene.search.similarities.BM25Similarity",
     "BagOfWordsQueryGenerator": "io.anserini.search.query.BagOfWordsQueryGenerator",
+    "WhitespaceAnalyzer": "org.apache.lucene.analysis.core.WhitespaceAnalyzer",
     "Class": "java.lang.Class",
     "DefaultEnglishAnalyzer": "io.anserini.analysis.DefaultEnglishAnalyzer",
     "DirectoryReader": "org.apache.lucene.index.DirectoryReader",

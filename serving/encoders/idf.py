@@ -18,6 +18,7 @@ import numpy as np
 from scipy import sparse
 
 from serving.encoders.base import ENCODER_FILE, EncoderError, read_encoder_config
+from serving.encoders.word_cache import WordCacheTokenizer, supports_word_cache
 
 IDF_FILE = "idf.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -52,6 +53,10 @@ def _token_id_lists(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [enc.ids for enc in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 
+def _unique_in_order(ids: list[int]) -> np.ndarray:
+    return np.fromiter(dict.fromkeys(ids), dtype=np.int64)
+
+
 class IdfQueryEncoder:
     """Tokenizer + IDF table -> sparse query vectors (float32 CSR over the tokenizer's vocabulary)."""
 
@@ -67,6 +72,8 @@ class IdfQueryEncoder:
             raise EncoderError("idf values must be finite and non-negative")
         self.idf = idf.copy()
         self.idf[special_token_ids(self.tokenizer)] = 0.0
+        # queries are tokenized word by word through a cache where that is exact (BERT WordPiece)
+        self._words = WordCacheTokenizer(self.tokenizer) if supports_word_cache(self.tokenizer) else None
         self.dimension = int(vocab_size)
         self.n_docs = n_docs
         self.encoder_hash = self._hash()
@@ -75,8 +82,14 @@ class IdfQueryEncoder:
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_corpus(cls, tokenizer, texts: Iterable[str], *, batch_size: int = 4096,
-                    space_id: str | None = None) -> "IdfQueryEncoder":
-        """Document frequencies of each token id over ``texts`` (one text per document)."""
+                    space_id: str | None = None, min_idf: float = 0.0) -> "IdfQueryEncoder":
+        """Document frequencies of each token id over ``texts`` (one text per document).
+
+        Tokens whose IDF is below ``min_idf`` get 0, so queries drop them (1.0 drops the
+        tokens in more than ~37% of the documents: stopwords and punctuation).
+        """
+        if not 0 <= min_idf < float("inf"):
+            raise EncoderError(f"min_idf must be finite and >= 0, got {min_idf}")
         tok = load_tokenizer(tokenizer)
         df = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64)
         n_docs, chunk = 0, []
@@ -97,16 +110,17 @@ class IdfQueryEncoder:
             n_docs += len(chunk)
         if n_docs == 0:
             raise EncoderError("cannot compute IDF from an empty corpus")
-        return cls(tok, bm25_idf(df, n_docs), space_id=space_id, n_docs=n_docs)
+        idf = bm25_idf(df, n_docs)
+        idf[idf < min_idf] = 0.0
+        return cls(tok, idf, space_id=space_id, n_docs=n_docs)
 
     # -- encoding ---------------------------------------------------------------------------
     def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Unique non-special token ids of each text, in first-seen order."""
+        """Unique token ids of each text that have a weight, in first-seen order."""
+        lists = self._words.ids_batch(texts) if self._words is not None else _token_id_lists(self.tokenizer, texts)
         out = []
-        for ids in _token_id_lists(self.tokenizer, texts):
-            ids = np.asarray(ids, dtype=np.int64)
-            _, first = np.unique(ids, return_index=True)
-            ids = ids[np.sort(first)]
+        for ids in lists:
+            ids = _unique_in_order(ids)
             out.append(ids[self.idf[ids] > 0])
         return out
 
@@ -118,7 +132,9 @@ class IdfQueryEncoder:
         indptr[1:] = np.cumsum([len(ids) for ids in lists])
         indices = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
         data = self.idf[indices].astype(np.float32)
-        return sparse.csr_matrix((data, indices.astype(np.int32), indptr), shape=(len(lists), self.dimension))
+        out = sparse.csr_matrix((data, indices.astype(np.int32), indptr), shape=(len(lists), self.dimension))
+        out.has_canonical_format = True   # sorted unique ids: spares the index a check per query
+        return out
 
     def vocabulary(self) -> list[str]:
         """Token strings by id (what a sparse index records as its vocabulary)."""

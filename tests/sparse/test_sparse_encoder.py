@@ -119,6 +119,36 @@ def test_query_modes():
         QueryWeights(idf, "tfidf")
 
 
+def test_min_idf_drops_frequent_tokens_in_every_mode():
+    idf = np.array([0.0, 2.0, 0.5, 1.0], dtype=np.float32)   # token 2 falls below min_idf 1.0
+    ids = [np.array([1, 2]), np.array([3])]
+    assert QueryWeights(idf, "idf", min_idf=1.0).encode(ids).tolist() == [[0, 2.0, 0, 0], [0, 0, 0, 1.0]]
+    assert QueryWeights(idf, "binary", min_idf=1.0).encode(ids).tolist() == [[0, 1, 0, 0], [0, 0, 0, 1]]
+    learn = QueryWeights(idf, "learnable", min_idf=1.0)
+    q = learn.encode(ids)
+    assert q.tolist() == [[0, 2.0, 0, 0], [0, 0, 0, 1.0]]
+    q.sum().backward()
+    assert learn.idf.grad.tolist() == [0.0, 1.0, 0.0, 1.0]       # a dropped token learns nothing
+    assert "kept" not in learn.state_dict()                     # derived: old checkpoints still load
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="min_idf"):
+            QueryWeights(idf, "idf", min_idf=bad)
+
+
+def test_min_idf_from_corpus(tiny_model):
+    from serving.encoders.idf import IdfQueryEncoder
+
+    tok = idf_tokenizer(SparseDocEncoder.from_pretrained(tiny_model).tokenizer)
+    docs = ["heart failure", "heart brain", "heart diet", "brain"]
+    full = IdfQueryEncoder.from_corpus(tok, docs)
+    vocab = tok.get_vocab()
+    assert 0 < full.idf[vocab["heart"]] < 1.0 < full.idf[vocab["diet"]]   # heart: in 3 of 4 documents
+    pruned = IdfQueryEncoder.from_corpus(tok, docs, min_idf=1.0)
+    assert pruned.idf[vocab["heart"]] == 0 and pruned.idf[vocab["diet"]] == full.idf[vocab["diet"]]
+    q = pruned.encode(["heart diet"]).toarray()[0]
+    assert np.flatnonzero(q).tolist() == [vocab["diet"]]
+
+
 def test_query_weights_become_the_serving_encoder(tiny_model, tmp_path):
     from serving.encoders.base import load_encoder
     from serving.encoders.idf import IdfQueryEncoder

@@ -101,6 +101,7 @@ def test_learnable_idf_is_trained_and_saved(tiny_prepared, tiny_beir, tiny_model
     (lambda r: r.update(extra=1), "unknown top-level key"),
     (lambda r: r["model"].update(dropout=0.1), "unknown key"),
     (lambda r: r.update(query={"mode": "tfidf"}), "query.mode"),
+    (lambda r: r.update(query={"min_idf": -0.5}), "query.min_idf"),
     (lambda r: r["stages"]["finetune"].update(losses={"hinge": 1.0}), "unknown loss"),
     (lambda r: r["stages"]["finetune"].update(steps=0), "steps must be positive"),
     (lambda r: r["stages"]["finetune"].update(lr="fast"), "expected a number"),
