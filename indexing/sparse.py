@@ -195,6 +195,11 @@ class ImpactIndex:
             if cells <= max(_DENSE_CELLS, _DENSE_PER_POSTING * len(keys)):
                 # Every document is a cell: one bincount sums all postings of the chunk.
                 scores = _to_float32(np.bincount(keys, values, minlength=cells), factor)
+                if hi - lo == 1:   # one query (a served request): rank its scores directly
+                    top_rows, top_scores = _top_k_of_scores(scores, k)
+                    out_rows[lo, :len(top_rows)] = top_rows
+                    out_scores[lo, :len(top_rows)] = top_scores
+                    continue
                 block = _rank_keys(scores.reshape(hi - lo, n_docs), np.arange(n_docs, dtype=np.int64))
             else:
                 # A big corpus (chunks of one query here, as max_queries is 1) and a light
@@ -347,6 +352,20 @@ def _rank_keys(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """
     bits = np.maximum(scores.view(np.int32), 0).astype(np.int64)
     return ((_INF_BITS - bits) << 32) | rows
+
+
+def _top_k_of_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k positive entries of one query's per-document float32 ``scores``: score
+    descending, then row ascending (the order :func:`_rank_keys` gives, with fewer passes
+    over a corpus-sized array: one partition finds the k-th score, ties with it are kept)."""
+    n = len(scores)
+    floor = np.float32(0)
+    if k < n:
+        floor = max(floor, np.partition(scores, n - k)[n - k])
+    rows = np.flatnonzero(scores >= floor) if floor > 0 else np.flatnonzero(scores > 0)
+    best = scores[rows]
+    order = np.argsort(-best, kind="stable")[:k]   # rows ascending within equal scores
+    return rows[order], best[order]
 
 
 def _top_k_of_keys(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

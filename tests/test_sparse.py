@@ -144,6 +144,17 @@ def test_rank_keys_order_by_score_then_row_and_mark_non_positive_scores():
     np.testing.assert_array_equal(top, [[np.inf, 1.5, 1.5, np.float32(1e-45), -np.inf]])
 
 
+def test_top_k_of_scores_orders_like_the_rank_keys():
+    scores = np.array([0.0, -0.0, 1.5, np.inf, 1e-45, 1.5, 2.0, 1.5], np.float32)
+    for k in range(1, 10):
+        want_rows, want = sparse_mod._top_k_of_keys(sparse_mod._rank_keys(scores[None], np.arange(8)), k)
+        rows, top = sparse_mod._top_k_of_scores(scores, k)
+        hit = want_rows[0] >= 0
+        np.testing.assert_array_equal(rows, want_rows[0][hit])
+        np.testing.assert_array_equal(top, want[0][hit])
+    assert sparse_mod._top_k_of_scores(np.zeros(4, np.float32), 2)[0].size == 0
+
+
 def test_batch_and_single_queries_give_bit_identical_results():
     rng = np.random.default_rng(5)
     docs, queries = random_matrix(rng, 500, 200, 0.05), random_matrix(rng, 40, 200, 0.05)
@@ -386,6 +397,10 @@ def test_property_matches_brute_force(problem):
     docs, queries = sp.csr_matrix(docs), sp.csr_matrix(queries)
     index = ImpactIndex.build(make_ids(docs.shape[0]), docs, quantize=quantize)
     res = index.search(queries, k)
+    for i in range(queries.shape[0]):   # one query alone takes its own top-k path
+        single = index.search(queries[i], k)
+        np.testing.assert_array_equal(single.rows[0], res.rows[i])
+        np.testing.assert_array_equal(single.scores[0], res.scores[i])
     if quantize is None:
         rows, scores = brute_top_k(queries, docs, k)
         assert_same(res, rows, scores, make_ids(docs.shape[0]))
