@@ -165,6 +165,10 @@ def test_pipeline_on_demo_corpus(tiny_model, trained_run, tmp_path, monkeypatch)
         assert m[f"{row}_lucene_ratio_p50@k3"] > 0 and m[f"{row}_native_ratio_p50@k3"] > 0
         assert m[f"{row}_doc_terms"] > 0
     assert m["idf_query_terms"] < m["sia_query_terms"]   # IDF queries keep only their own tokens
+    # the IDF row is timed on folded impacts, whose ranking is checked against the evaluated one
+    assert d["rows"]["idf"]["latency_index"].startswith("query weights folded")
+    assert abs(m["idf_lucene_folded_ndcg@10"] - m["idf_lucene_ndcg@10"]) < 0.05
+    assert d["rows"]["sia"]["latency_index"] == "as evaluated" and "sia_lucene_folded_ndcg@10" not in m
     assert not any(k.startswith("gone_") for k in m)       # no number for a row that was not trained
     assert m["trained_rows"] == 0 and "best_trained_ndcg@10" not in m
     assert d["not_trained"]["gone"]["command"].endswith("embedx train sparse --config c.yaml")

@@ -136,6 +136,23 @@ class IdfQueryEncoder:
         out.has_canonical_format = True   # sorted unique ids: spares the index a check per query
         return out
 
+    def fold_into(self, docs) -> tuple["IdfQueryEncoder", sparse.csr_matrix]:
+        """Move the query weights into the documents: ``(binary encoder, docs * weights)``.
+
+        ``sum_t idf(t) * w_d(t)`` is ``sum_t 1 * (idf(t) * w_d(t))``, so an index built from the
+        returned documents, searched with the returned encoder's all-ones queries, ranks
+        exactly as this encoder on ``docs`` would (up to the index's own quantisation). Why:
+        an all-ones query is a plain bag of tokens, which Lucene takes as one string.
+        """
+        docs = sparse.csr_matrix(docs, dtype=np.float32)
+        if docs.shape[1] != self.dimension:
+            raise EncoderError(f"docs have {docs.shape[1]} columns, the encoder's vocabulary {self.dimension}")
+        folded = docs.multiply(self.idf[None, :]).tocsr().astype(np.float32)
+        folded.eliminate_zeros()
+        binary = IdfQueryEncoder(self.tokenizer, (self.idf > 0).astype(np.float32), n_docs=self.n_docs,
+                                 space_id=None if self.space_id is None else f"{self.space_id}:folded")
+        return binary, folded
+
     def vocabulary(self) -> list[str]:
         """Token strings by id (what a sparse index records as its vocabulary)."""
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)

@@ -4,6 +4,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+from scipy import sparse
 import pytest
 import torch
 from torch import nn
@@ -147,6 +148,23 @@ def test_min_idf_from_corpus(tiny_model):
     assert pruned.idf[vocab["heart"]] == 0 and pruned.idf[vocab["diet"]] == full.idf[vocab["diet"]]
     q = pruned.encode(["heart diet"]).toarray()[0]
     assert np.flatnonzero(q).tolist() == [vocab["diet"]]
+
+
+def test_folding_query_weights_into_documents_keeps_the_scores(tiny_model):
+    from serving.encoders.base import EncoderError
+    from serving.encoders.idf import IdfQueryEncoder
+
+    tok = idf_tokenizer(SparseDocEncoder.from_pretrained(tiny_model).tokenizer)
+    enc = IdfQueryEncoder.from_corpus(tok, ["heart failure", "heart brain", "diet", "brain diet heart"])
+    docs = sparse.random(6, enc.dimension, density=0.5, random_state=1, format="csr", dtype=np.float32)
+    queries = ["heart diet", "brain failure", "heart"]
+    binary, folded = enc.fold_into(docs)
+    q, qb = enc.encode(queries), binary.encode(queries)
+    assert set(qb.data.tolist()) == {1.0} and np.array_equal(qb.indices, q.indices)
+    np.testing.assert_allclose((qb @ folded.T).toarray(), (q @ docs.T).toarray(), rtol=1e-6)
+    assert folded.nnz <= docs.nnz                      # tokens with weight 0 (specials) leave the documents
+    with pytest.raises(EncoderError, match="columns"):
+        enc.fold_into(docs[:, :5])
 
 
 def test_query_weights_become_the_serving_encoder(tiny_model, tmp_path):
