@@ -133,6 +133,22 @@ def test_binary_queries_skip_json_and_rank_the_same(impact_index, random_impacts
     assert (res.rows[3] == -1).all()
 
 
+def test_pretokenized_queries(tmp):
+    vocab = ["##ing", "[unused1]", "cat", "x:y"]
+    impacts = sp.csr_matrix(np.array([[3, 1, 0, 0], [0, 2, 5, 0], [1, 0, 0, 4]], dtype=np.uint8))
+    index = LuceneImpactIndex.build(tmp / "pretok", ["x", "y", "z"], impacts, vocab)
+    res = index.search_pretokenized(["##ing [unused1]", "cat cat", "x:y nope", "", " \t"], 3)
+    assert res.hits(0) == [("x", 4.0), ("y", 2.0), ("z", 1.0)]     # each occurrence weighs 1
+    assert res.hits(1) == [("y", 10.0)]                              # a repeated term counts twice
+    assert res.hits(2) == [("z", 4.0)]                               # an unknown term matches nothing
+    assert (res.rows[3:] == -1).all()                                # blank queries find nothing
+    same = index.search(sp.csr_matrix(np.array([[1, 1, 0, 0]], dtype=np.float32)), 3)
+    np.testing.assert_array_equal(same.scores[0], res.scores[0])
+    for bad, match in (("cat", "not a single string"), ([], "no queries"), ([3], "must be a string")):
+        with pytest.raises(InvalidInputError, match=match):
+            index.search_pretokenized(bad, 3)
+
+
 def test_impact_threads_give_the_same_results(impact_index):
     q = sp.random(8, 40, density=0.3, format="csr", random_state=3, dtype=np.float32)
     a, b = impact_index.search(q, 20), impact_index.search(q, 20, threads=2)

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -184,9 +184,32 @@ def hits_decoder(java: jvm.Java) -> HitsDecoder:
 
 
 def ensure_max_clauses(java: jvm.Java, n: int) -> None:
-    """Lift Lucene's (JVM-wide) limit on query clauses to at least ``n``."""
-    if n > java.IndexSearcher.getMaxClauseCount():
+    """Lift Lucene's (JVM-wide) limit on query clauses to at least ``n``.
+
+    The limit last seen is remembered, so a search below it makes no JNI call.
+    """
+    if n <= java.__dict__.get("_max_clauses", 0):
+        return
+    current = java.IndexSearcher.getMaxClauseCount()
+    if n > current:
         java.IndexSearcher.setMaxClauseCount(int(n))
+        current = int(n)
+    java._max_clauses = current
+
+
+def check_query_strings(queries: Sequence[str], allow_empty: bool = False) -> list[str]:
+    """A non-empty batch of query strings (``allow_empty``: a blank one finds nothing), or a clear error."""
+    if isinstance(queries, (str, bytes)):
+        raise InvalidInputError("queries must be a sequence of strings, not a single string")
+    texts = list(queries)
+    if not texts:
+        raise InvalidInputError("no queries given")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InvalidInputError(f"query {i} must be a string, got {type(t).__name__}")
+        if not allow_empty and not t.strip():
+            raise InvalidInputError(f"query {i} is empty")
+    return texts
 
 
 # ------------------------------------------------------------------ the index

@@ -20,7 +20,8 @@ from ..ids import IdTable
 from ..results import SearchResults
 from ..validation import check_k
 from . import jvm
-from .base import CONTENTS, LuceneIndex, build_index, check_threads, ensure_max_clauses, read_row_map
+from .base import (CONTENTS, LuceneIndex, build_index, check_query_strings, check_threads, ensure_max_clauses,
+                   read_row_map)
 from .collection import write_text_collection
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class LuceneBM25Index(LuceneIndex):
         """
         k = check_k(k)
         threads = check_threads(threads)
-        texts = _check_queries(queries)
+        texts = check_query_strings(queries)
         k1, b = _check_bm25(k1, b)
         searcher = self._searcher(("bm25", k1, b), lambda java: java.BM25Similarity(k1, b), threads)
         java = jvm.start()
@@ -108,20 +109,6 @@ class LuceneBM25Index(LuceneIndex):
         index = cls(index_dir, ids, rows, settings)
         index.open()
         return index
-
-
-def _check_queries(queries: Sequence[str]) -> list[str]:
-    if isinstance(queries, (str, bytes)):
-        raise InvalidInputError("queries must be a sequence of strings, not a single string")
-    texts = list(queries)
-    if not texts:
-        raise InvalidInputError("no queries given")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise InvalidInputError(f"query {i} must be a string, got {type(t).__name__}")
-        if not t.strip():
-            raise InvalidInputError(f"query {i} is empty")
-    return texts
 
 
 def _check_bm25(k1: float, b: float) -> tuple[float, float]:

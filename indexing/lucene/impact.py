@@ -26,7 +26,8 @@ from ..ids import IdTable
 from ..results import SearchResults
 from ..validation import check_k, check_sparse
 from . import jvm
-from .base import CONTENTS, LuceneIndex, build_index, check_threads, ensure_max_clauses, read_json, read_row_map
+from .base import (CONTENTS, LuceneIndex, build_index, check_query_strings, check_threads, ensure_max_clauses,
+                   read_json, read_row_map)
 from .collection import check_impacts, check_vocab, write_vector_collection
 
 logger = logging.getLogger(__name__)
@@ -83,37 +84,53 @@ class LuceneImpactIndex(LuceneIndex):
         k = check_k(k)
         threads = check_threads(threads)
         q = check_sparse(queries, n_cols=len(self.vocab), name="queries")
-        q.eliminate_zeros()
-        searcher = self._searcher(("impact",), lambda java: java.ImpactSimilarity(), threads)
-        java = jvm.start()
-        lengths = np.diff(q.indptr)
-        ensure_max_clauses(java, int(lengths.max(initial=0)))
-        reader, generator, analyzer = _query_tools(java)
+        if not q.data.all():
+            q = q.copy()            # check_sparse may hand back the caller's own matrix
+            q.eliminate_zeros()
+        bounds = list(zip(q.indptr[:-1].tolist(), q.indptr[1:].tolist()))
         if bool((q.data == 1.0).all()):
             # Every weight is 1 (binary queries, or query weights folded into the impacts):
-            # the terms go over as one space-separated string, which the query generator
-            # splits at whitespace (terms hold none: check_vocab) and weighs by count (1: a
-            # CSR row holds each term once). The query is the one the JSON path builds, at a
-            # third of its cost.
-            vocab = self.vocab
-            indices = q.indices.tolist()
-            jqueries = [generator.buildQuery(CONTENTS, analyzer, " ".join([vocab[t] for t in indices[lo:hi]]))
-                        if lo < hi else None for lo, hi in zip(q.indptr[:-1].tolist(), q.indptr[1:].tolist())]
-            return self._run(searcher, jqueries, k)
+            # a bag of terms, sent as one string (see search_pretokenized), a fifth of the
+            # cost of the JSON below. A CSR row holds each term once, so each weighs 1.
+            vocab, indices = self.vocab, q.indices.tolist()
+            return self.search_pretokenized([" ".join([vocab[t] for t in indices[lo:hi]]) for lo, hi in bounds],
+                                            k, threads)
+        searcher = self._impact_searcher(threads)
+        java = jvm.start()
+        ensure_max_clauses(java, max((hi - lo for lo, hi in bounds), default=0))
         if self._keys is None:
             self._keys = np.array([json.dumps(t, ensure_ascii=False) + ":" for t in self.vocab], dtype=object)
         # Each query crosses into Java as one JSON object {term: weight} that Jackson turns
         # into the Map<String, Float> Anserini's query generator takes; float32 weights
         # print in shortest round-trip form, so Java sees the very same floats.
         terms = self._keys[q.indices] + q.data.astype(str).astype(object)
-        jqueries = []
-        for lo, hi in zip(q.indptr[:-1].tolist(), q.indptr[1:].tolist()):
-            if lo == hi:
-                jqueries.append(None)
-                continue
-            weights = reader.readValue("{" + ",".join(terms[lo:hi].tolist()) + "}")
-            jqueries.append(generator.buildQuery(CONTENTS, weights))
+        reader, generator, _ = _query_tools(java)
+        jqueries = [generator.buildQuery(CONTENTS, reader.readValue("{" + ",".join(terms[lo:hi].tolist()) + "}"))
+                    if lo < hi else None for lo, hi in bounds]
         return self._run(searcher, jqueries, k)
+
+    def search_pretokenized(self, queries: Sequence[str], k: int, threads: int = 1) -> SearchResults:
+        """Top ``k`` documents for queries written as vocabulary terms separated by whitespace,
+        each occurrence weighing 1 (Anserini's pretokenized impact queries).
+
+        The cheapest query there is: one string per query, split inside Java by Lucene's
+        QueryBuilder into a disjunction of term queries (a repeated term counts twice).
+        It suits inference-free encoders whose tokens all weigh 1, binary ones or those whose
+        weights were folded into the impacts (``IdfQueryEncoder.pretokenized``). A term
+        outside the vocabulary matches nothing; a blank query finds nothing.
+        """
+        k = check_k(k)
+        threads = check_threads(threads)
+        texts = check_query_strings(queries, allow_empty=True)
+        searcher = self._impact_searcher(threads)
+        java = jvm.start()
+        builder = _query_tools(java)[2]
+        ensure_max_clauses(java, max(len(t.split()) for t in texts))
+        jqueries = [builder.createBooleanQuery(CONTENTS, t) if t and not t.isspace() else None for t in texts]
+        return self._run(searcher, jqueries, k)
+
+    def _impact_searcher(self, threads: int):
+        return self._searcher(("impact",), _impact_similarity, threads)
 
     def _save_extra(self, directory: Path) -> list[str]:
         atomic_write_text(directory / VOCAB_FILE, json.dumps(self.vocab, ensure_ascii=False))
@@ -135,9 +152,13 @@ class LuceneImpactIndex(LuceneIndex):
         return index
 
 
+def _impact_similarity(java: jvm.Java):
+    return java.ImpactSimilarity()
+
+
 def _query_tools(java: jvm.Java) -> tuple:
-    """(Jackson reader of JSON into Map<String, Float>, Anserini query generator, whitespace
-    analyzer), made once."""
+    """(Jackson reader of JSON into Map<String, Float>, Anserini query generator, Lucene query
+    builder over a whitespace analyzer), made once."""
     return java.shared("impact-query", lambda j: (
         j.ObjectMapper().readerForMapOf(j.jclass("java.lang.Float")), j.BagOfWordsQueryGenerator(),
-        j.WhitespaceAnalyzer()))
+        j.QueryBuilder(j.WhitespaceAnalyzer())))

@@ -46,6 +46,7 @@ _CLASSES = {
     "BM25Similarity": "org.apache.lucene.search.similarities.BM25Similarity",
     "BagOfWordsQueryGenerator": "io.anserini.search.query.BagOfWordsQueryGenerator",
     "WhitespaceAnalyzer": "org.apache.lucene.analysis.core.WhitespaceAnalyzer",
+    "QueryBuilder": "org.apache.lucene.util.QueryBuilder",
     "Class": "java.lang.Class",
     "DefaultEnglishAnalyzer": "io.anserini.analysis.DefaultEnglishAnalyzer",
     "DirectoryReader": "org.apache.lucene.index.DirectoryReader",

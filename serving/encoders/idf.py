@@ -74,6 +74,8 @@ class IdfQueryEncoder:
         self.idf[special_token_ids(self.tokenizer)] = 0.0
         # queries are tokenized word by word through a cache where that is exact (BERT WordPiece)
         self._words = WordCacheTokenizer(self.tokenizer) if supports_word_cache(self.tokenizer) else None
+        self._names: list[str] | None = None   # token strings, once pretokenized() was checked
+        self._weighted: frozenset[int] = frozenset()
         self.dimension = int(vocab_size)
         self.n_docs = n_docs
         self.encoder_hash = self._hash()
@@ -135,6 +137,29 @@ class IdfQueryEncoder:
         out = sparse.csr_matrix((data, indices.astype(np.int32), indptr), shape=(len(lists), self.dimension))
         out.has_canonical_format = True   # sorted unique ids: spares the index a check per query
         return out
+
+    def pretokenized(self, texts: Sequence[str]) -> list[str]:
+        """Each text's weighted tokens as one space-separated string, in first-seen order.
+
+        The query form of indexes that weigh every term 1 (``LuceneImpactIndex.search_pretokenized``):
+        right only for an encoder whose weights are all 0 or 1, a binary one or one from
+        :meth:`fold_into`; any other refuses.
+        """
+        if isinstance(texts, str):
+            raise TypeError("pretokenized takes a sequence of texts, not one string")
+        if self._names is None:
+            if not np.isin(self.idf, (0.0, 1.0)).all():
+                raise EncoderError("pretokenized queries weigh every token 1; this encoder's weights are not "
+                                   "all 0 or 1 (fold them into the documents first: fold_into)")
+            names = self.vocabulary()
+            if any(c.isspace() for i in np.flatnonzero(self.idf).tolist() for c in names[i]):
+                raise EncoderError("a weighted token contains whitespace; it cannot be written pretokenized")
+            self._names = names
+            self._weighted = frozenset(np.flatnonzero(self.idf).tolist())
+        names, weighted = self._names, self._weighted
+        # token_ids in plain Python: for a query's ~20 tokens numpy's per-call cost dominates
+        lists = self._words.ids_batch(texts) if self._words is not None else _token_id_lists(self.tokenizer, texts)
+        return [" ".join([names[t] for t in dict.fromkeys(ids) if t in weighted]) for ids in lists]
 
     def fold_into(self, docs) -> tuple["IdfQueryEncoder", sparse.csr_matrix]:
         """Move the query weights into the documents: ``(binary encoder, docs * weights)``.

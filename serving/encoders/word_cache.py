@@ -50,18 +50,13 @@ class WordCacheTokenizer:
         self._added = tuple(a.lower() for a in added if a)
         self._plain_added = all(a.isascii() for a in self._added)
 
-    def _fallback(self, text: str) -> bool:
-        if _NOT_PLAIN.search(text) is not None or not self._plain_added:
-            return True
-        low = text.lower()
-        return any(a in low for a in self._added)
-
     def ids(self, text: str) -> list[int]:
-        if self._fallback(text):
+        low = text.lower()
+        if _NOT_PLAIN.search(text) is not None or not self._plain_added or any(a in low for a in self._added):
             return self.tokenizer.encode(text, add_special_tokens=False).ids
         out: list[int] = []
         words = self._words
-        for word in _WORDS.findall(text.lower()):
+        for word in _WORDS.findall(low):
             piece = words.get(word)
             if piece is None:
                 piece = tuple(self.tokenizer.encode(word, add_special_tokens=False).ids)

@@ -165,6 +165,14 @@ def test_folding_query_weights_into_documents_keeps_the_scores(tiny_model):
     assert folded.nnz <= docs.nnz                      # tokens with weight 0 (specials) leave the documents
     with pytest.raises(EncoderError, match="columns"):
         enc.fold_into(docs[:, :5])
+    # the folded encoder writes queries as strings of tokens; one with real weights refuses
+    names = binary.vocabulary()
+    assert binary.pretokenized(queries) == [" ".join(names[t] for t in ids) for ids in binary.token_ids(queries)]
+    assert binary.pretokenized(["heart heart"]) == ["heart"]
+    with pytest.raises(EncoderError, match="not all 0 or 1"):
+        enc.pretokenized(queries)
+    with pytest.raises(TypeError):
+        binary.pretokenized("heart")
 
 
 def test_query_weights_become_the_serving_encoder(tiny_model, tmp_path):
