@@ -105,6 +105,11 @@ def test_parse_rows_rejects_bad_rows():
         ss.parse_rows([{"name": "x", "kind": "idf"}])
     with pytest.raises(ValueError, match="unique"):
         ss.parse_rows([{"name": "x", "kind": "bm25"}, {"name": "x", "kind": "bm25"}])
+    with pytest.raises(ValueError, match="seeds"):
+        ss.parse_rows([{"name": "x", "kind": "idf", "model": "m", "seeds": ["a"]}])
+    with pytest.raises(ValueError, match="seeds"):
+        ss.parse_rows([{"name": "x", "kind": "trained", "model": "m", "seeds": "a"}])
+    assert ss.parse_rows([{"name": "x", "kind": "trained", "model": "m", "seeds": ["a", "b"]}])[0].seeds == ("a", "b")
 
 
 def test_training_missing_and_command(tmp_path, trained_run):
@@ -185,7 +190,14 @@ def test_pipeline_with_a_trained_run(tiny_model, trained_run, tmp_path, monkeypa
     if not LUCENE:
         pytest.skip(f"Lucene backend: {WHY}")
     monkeypatch.setenv("EMBEDX_CACHE", str(tmp_path / "cache"))
-    rows = [{"name": "bm25", "kind": "bm25"}, {"name": "ours", "kind": "trained", "model": str(trained_run)}]
+    import yaml
+
+    seed1 = tmp_path / "seed1"                    # the same weights under another seed: the same quality
+    shutil.copytree(trained_run, seed1)
+    (seed1 / "config.yaml").write_text(yaml.safe_dump({"seed": 1}))
+    rows = [{"name": "bm25", "kind": "bm25"},
+            {"name": "ours", "kind": "trained", "model": str(trained_run),
+             "seeds": [str(seed1), str(tmp_path / "never-trained")]}]
     spec = _spec(rows)
     out = ss.run(Context(spec=spec, data_root=tmp_path, work_dir=tmp_path / "work", params=spec.params))
     m = out["metrics"]
@@ -194,3 +206,9 @@ def test_pipeline_with_a_trained_run(tiny_model, trained_run, tmp_path, monkeypa
     assert m["best_trained_lucene_ratio_p50@k3"] == m["ours_lucene_ratio_p50@k3"]
     # the run's own query encoder is used: its IDF weights are the query values
     assert m["ours_query_terms"] > 0
+    # seeds: the row's own run and every finished seed run; a missing one is listed, not counted
+    assert m["ours_seeds"] == 2 and m["best_trained_seeds"] == 2
+    assert m["ours_ndcg@10_mean"] == pytest.approx(m["ours_ndcg@10"]) and m["ours_ndcg@10_sd"] == pytest.approx(0)
+    records = out["details"]["rows"]["ours"]["seeds"]
+    assert [r.get("seed") for r in records[:2]] == [None, 1] and records[2]["status"] == "not trained"
+    assert "(2 seeds)" in out["details"]["table"]

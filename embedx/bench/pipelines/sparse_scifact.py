@@ -62,6 +62,7 @@ class Row:
     label: str = ""
     model: str | None = None      # model folder or short name; a training output folder for "trained"
     config: str | None = None     # the training config that makes a "trained" row
+    seeds: tuple[str, ...] = ()   # "trained": output folders of the same config run with other seeds
 
     @property
     def title(self) -> str:
@@ -75,8 +76,13 @@ def parse_rows(raw: Sequence[Mapping]) -> list[Row]:
             raise ValueError(f"rows[{i}] needs a name and a kind among {KINDS}, got {r!r}")
         if r["kind"] != "bm25" and not r.get("model"):
             raise ValueError(f"rows[{i}] ({r['name']}) needs a model")
+        seeds = r.get("seeds") or []
+        if seeds and (r["kind"] != "trained" or not isinstance(seeds, list)
+                      or not all(isinstance(x, str) and x for x in seeds)):
+            raise ValueError(f"rows[{i}] ({r['name']}): seeds must be a list of training output folders "
+                             f"of a trained row")
         rows.append(Row(name=str(r["name"]), kind=r["kind"], label=str(r.get("label", "")),
-                        model=r.get("model"), config=r.get("config")))
+                        model=r.get("model"), config=r.get("config"), seeds=tuple(seeds)))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"row names must be unique, got {names}")
@@ -104,6 +110,43 @@ def training_record(row: Row) -> dict[str, Any]:
     if (root / "summary.json").is_file():
         out["summary"] = json.loads((root / "summary.json").read_text(encoding="utf-8"))
     return out
+
+
+def seed_quality(row: Row, first: Mapping[str, float], texts: Sequence[str], dataset_dir: Path, p: Mapping,
+                 work_dir: Path) -> tuple[dict[str, float], list[dict]]:
+    """Quality of a trained row over its seeds: the row's own model (``first``: its native
+    NDCG@10 and R@100) and each folder in ``row.seeds`` that holds a finished run.
+
+    Why: one fine-tuning run on 809 training queries moves by a few thousandths of NDCG@10
+    from seed to seed, as much as some gaps between ablation rows. Returns the mean, sample
+    standard deviation and minimum, and one record per seed (a missing folder says so).
+    """
+    from embedx.sparse.evaluate import evaluate_sparse
+
+    records = [{"model": str(row.model), "seed": _run_seed(row.model), **first}]
+    for folder in row.seeds:
+        sub = Row(name=row.name, kind="trained", model=folder)
+        why = training_missing(sub)
+        if why:
+            records.append({"model": folder, "status": "not trained", "reason": why})
+            log.warning("%s: seed run %s not trained: %s", row.name, folder, why)
+            continue
+        doc_enc, q_enc, _ = row_encoders(sub, texts, p)
+        res = evaluate_sparse(doc_enc, dataset_dir, query_encoder=q_enc, engines=("native",),
+                              depth=int(p.get("depth", 100)), progress=False, work_dir=work_dir)
+        records.append({"model": folder, "seed": _run_seed(folder), **{m: res[f"native_{m}"] for m in QUALITY}})
+    done = [r for r in records if "status" not in r]
+    metrics: dict[str, float] = {"seeds": len(done)}
+    for m in QUALITY:
+        v = np.array([r[m] for r in done])
+        metrics.update({f"{m}_mean": float(v.mean()), f"{m}_min": float(v.min()),
+                        f"{m}_sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan")})
+    return metrics, records
+
+
+def _run_seed(folder: str | None) -> int | None:
+    cfg = training_record(Row(name="", kind="trained", model=folder)).get("config") or {}
+    return cfg.get("seed")
 
 
 def train_command(row: Row) -> str:
@@ -273,7 +316,7 @@ def _cell(v, fmt: str = "{:.3f}") -> str:
 
 def ablation_table(rows: Sequence[Row], m: Mapping[str, Any], status: Mapping[str, str]) -> str:
     """The markdown ablation table (one line per row; a row not trained says so)."""
-    head = ["Model", "NDCG@10", "R@100", "NDCG@10 Lucene", "FLOPS", "doc terms", "query terms",
+    head = ["Model", "NDCG@10", "R@100", "NDCG@10 over seeds", "NDCG@10 Lucene", "FLOPS", "doc terms", "query terms",
             "Lucene / BM25 k10", "Lucene / BM25 k100", "native / BM25 k10", "native / BM25 k100"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -285,7 +328,12 @@ def ablation_table(rows: Sequence[Row], m: Mapping[str, Any], status: Mapping[st
                                                 "native_ratio_p50@k10", "native_ratio_p50@k100")]
         if r.kind == "bm25":
             lat = ["1 (baseline)"] * 2 + ["—"] * 2
-        lines.append("| " + " | ".join([r.title, _cell(g("ndcg@10")), _cell(g("recall@100")),
+        seeds = "—"
+        if g("seeds"):
+            sd = g("ndcg@10_sd")
+            seeds = f"{g('ndcg@10_mean'):.3f}" + ("" if sd is None or np.isnan(sd) else f" ± {sd:.3f}") + \
+                f" ({g('seeds')} seeds)"
+        lines.append("| " + " | ".join([r.title, _cell(g("ndcg@10")), _cell(g("recall@100")), seeds,
                                         _cell(g("lucene_ndcg@10")), _cell(g("flops"), "{:.2f}"),
                                         _cell(g("doc_terms"), "{:.1f}"), _cell(g("query_terms"), "{:.1f}"), *lat])
                      + " |")
@@ -398,6 +446,11 @@ def run(ctx: Context) -> dict:
                                    "latency_includes_query_encoding": r.kind != "siamese"}
         if r.kind == "trained":
             details["rows"][r.name]["training"] = training_record(r)
+        if r.seeds:
+            sm, records = seed_quality(r, {m: res[f"native_{m}"] for m in QUALITY}, texts, dataset_dir, p,
+                                       ctx.work_dir)
+            metrics.update({f"{r.name}_{k}": v for k, v in sm.items()})
+            details["rows"][r.name]["seeds"] = records
 
         # latency against BM25, one query per call
         docs = corpus_matrix(doc_enc, texts)
@@ -443,7 +496,7 @@ def run(ctx: Context) -> dict:
     metrics["trained_rows"] = len(trained)
     if best is not None:
         metrics["best_trained"] = best.name
-        for key in ("ndcg@10", "recall@100", "flops", "doc_terms") + tuple(
+        for key in ("ndcg@10", "ndcg@10_mean", "seeds", "recall@100", "flops", "doc_terms") + tuple(
                 f"{e}_ratio_p50@k{k}" for e in ("lucene", "native") for k in ks):
             metrics[f"best_trained_{key}"] = metrics[f"{best.name}_{key}"]
 
@@ -473,7 +526,7 @@ def run(ctx: Context) -> dict:
     details["encoding_table"] = encoding_table(enc_tags, metrics)
     log.info("ablation table:\n%s\n\n%s", details["table"], details["encoding_table"])
     start_name = next((r.name for r in rows if r.kind == "idf"), None)
-    headline = [f"{r.name}_ndcg@10" for r in rows if r.name not in status] + [
+    headline = [f"{r.name}_{m}" for r in rows if r.name not in status for m in ("ndcg@10", "ndcg@10_mean")] + [
         "trained_rows", *(c for c in BEST_CHECKS if c in metrics),
         *(f"{start_name}_{e}_ratio_p50@k{k}" for e in ("lucene", "native") for k in ks),
         "start_torch_docs_per_s", "start_onnx_int8_docs_per_s", "start_onnx_int8_speedup",
