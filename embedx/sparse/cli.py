@@ -120,12 +120,14 @@ def encode_cmd(model, corpus, out, max_length, batch_size, device) -> None:
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--prune-ratio", default=0.0, show_default=True,
               help="Drop document weights below this fraction of the document's largest weight.")
+@click.option("--min-idf", default=0.0, show_default=True,
+              help="Queries drop tokens whose IDF over the corpus is below this (1.0: stopwords, punctuation).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Encoding cache folder.")
 @click.option("--no-cache", is_flag=True, help="Encode the corpus even when a cached encoding exists.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the numbers here.")
-def evaluate_cmd(model, dataset, split, query_encoder, engines, max_length, batch_size, prune_ratio, cache_dir,
-                 no_cache, json_out) -> None:
+def evaluate_cmd(model, dataset, split, query_encoder, engines, max_length, batch_size, prune_ratio, min_idf,
+                 cache_dir, no_cache, json_out) -> None:
     """Score a sparse model with IDF queries: NDCG@10, Recall@100, FLOPS, term counts."""
     from indexing.fsutil import atomic_write_text
 
@@ -133,10 +135,12 @@ def evaluate_cmd(model, dataset, split, query_encoder, engines, max_length, batc
 
     if not 0.0 <= prune_ratio < 1.0:
         raise click.BadParameter("must be in [0, 1)", param_hint="--prune-ratio")
+    if not 0.0 <= min_idf < float("inf"):
+        raise click.BadParameter("must be finite and >= 0", param_hint="--min-idf")
     try:
         result = evaluate_sparse(model, dataset, split=split, query_encoder=query_encoder, engines=engines,
                                  cache_dir=False if no_cache else cache_dir, max_length=max_length,
-                                 batch_size=batch_size, prune_ratio=prune_ratio)
+                                 batch_size=batch_size, prune_ratio=prune_ratio, min_idf=min_idf)
     except ValueError as e:   # mismatched encoders, bad files, index errors: one line, no traceback
         raise click.ClickException(str(e)) from None
     text = json.dumps(result, indent=1)

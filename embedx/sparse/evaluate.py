@@ -147,14 +147,16 @@ def encode_corpus(model: str | Path, corpus_dir: str | Path, out: str | Path, *,
 def evaluate_sparse(model, dataset_dir: str | Path, *, split: str = "test", query_encoder=None,
                     engines: Sequence[str] = ("native", "lucene"), cache_dir: str | Path | None = None,
                     max_length: int = 512, batch_size: int = 32, depth: int = 100, progress: bool = True,
-                    work_dir: str | Path | None = None, prune_ratio: float = 0.0) -> dict[str, Any]:
+                    work_dir: str | Path | None = None, prune_ratio: float = 0.0,
+                    min_idf: float = 0.0) -> dict[str, Any]:
     """Encode the corpus, index it, search the split's judged queries, score them.
 
     ``model``: a path (training output, model folder or short name), a ``.npz`` of document
     vectors from :func:`encode_corpus`, or an encoder object.
     ``query_encoder``: a folder, an object with ``encode(texts) -> csr``, or None (the run's own,
     else IDF over this corpus with the model's tokenizer). ``cache_dir=None`` uses the default
-    cache; ``False`` turns caching off.
+    cache; ``False`` turns caching off. ``min_idf`` drops query tokens whose IDF over this
+    corpus is below it (query-time pruning, on top of whatever the query encoder drops).
     """
     from embedx.data import load_beir
     from embedx.eval import evaluate
@@ -185,6 +187,10 @@ def evaluate_sparse(model, dataset_dir: str | Path, *, split: str = "test", quer
     else:
         encoder, label = model, type(model).__name__
     query_encoder = _query_encoder(query_encoder, encoder, texts)
+    if min_idf:
+        if not hasattr(query_encoder, "drop_frequent"):
+            raise ValueError("min_idf needs an IDF query encoder (tokenizer + table)")
+        query_encoder = query_encoder.drop_frequent(texts, min_idf)
 
     key = getattr(encoder, "encoder_hash", None)
     cache = None if cache_dir is False or not isinstance(key, str) else \

@@ -138,6 +138,13 @@ class IdfQueryEncoder:
         out.has_canonical_format = True   # sorted unique ids: spares the index a check per query
         return out
 
+    def drop_frequent(self, texts: Iterable[str], min_idf: float) -> "IdfQueryEncoder":
+        """A copy whose queries drop the tokens with IDF below ``min_idf`` over ``texts`` (the
+        corpus), whatever this encoder's own weights are (binary, learned): query-time pruning."""
+        corpus = IdfQueryEncoder.from_corpus(self.tokenizer, texts, min_idf=min_idf)
+        table = np.where(corpus.idf > 0, self.idf, np.float32(0))
+        return IdfQueryEncoder(self.tokenizer, table, space_id=self.space_id, n_docs=self.n_docs)
+
     def pretokenized(self, texts: Sequence[str]) -> list[str]:
         """Each text's weighted tokens as one space-separated string, in first-seen order.
 

@@ -146,6 +146,8 @@ def test_min_idf_from_corpus(tiny_model):
     assert 0 < full.idf[vocab["heart"]] < 1.0 < full.idf[vocab["diet"]]   # heart: in 3 of 4 documents
     pruned = IdfQueryEncoder.from_corpus(tok, docs, min_idf=1.0)
     assert pruned.idf[vocab["heart"]] == 0 and pruned.idf[vocab["diet"]] == full.idf[vocab["diet"]]
+    binary = IdfQueryEncoder(tok, (full.idf > 0).astype(np.float32)).drop_frequent(docs, 1.0)   # any table
+    assert binary.idf[vocab["heart"]] == 0 and binary.idf[vocab["diet"]] == 1.0
     q = pruned.encode(["heart diet"]).toarray()[0]
     assert np.flatnonzero(q).tolist() == [vocab["diet"]]
 

@@ -138,6 +138,13 @@ def test_evaluate_a_trained_run_and_an_encoder_object(tiny_prepared, tiny_beir, 
     m = sparse.random(12, qenc.dimension, density=0.2, format="csr", random_state=0, dtype=np.float32)
     res2 = evaluate_sparse(Fixed(m), tiny_beir, query_encoder=qenc, engines=("native",), progress=False)
     assert res2["doc_terms"] == pytest.approx(m.getnnz(axis=1).mean())
+    # query-time pruning: a high min_idf leaves queries fewer tokens; non-IDF query encoders refuse it
+    pruned = evaluate_sparse(Fixed(m), tiny_beir, query_encoder=qenc, engines=("native",), progress=False,
+                             min_idf=2.0)
+    assert pruned["query_terms"] < res2["query_terms"]
+    with pytest.raises(ValueError, match="min_idf"):
+        evaluate_sparse(Fixed(m), tiny_beir, query_encoder=Fixed(m), engines=("native",), progress=False,
+                        min_idf=1.0)
 
     # vectors encoded elsewhere (a GPU machine) come back as one .npz and score the same
     from embedx.data import load_corpus
