@@ -91,7 +91,7 @@ class LuceneBM25Index(LuceneIndex):
         java = jvm.start()
         ensure_max_clauses(java, _MAX_QUERY_CLAUSES)
         analyzer = self._get_analyzer(java)
-        generator = java.BagOfWordsQueryGenerator()
+        generator = java.shared("bag-of-words", lambda j: j.BagOfWordsQueryGenerator())   # stateless: one per JVM
         return self._run(searcher, [generator.buildQuery(CONTENTS, analyzer, t) for t in texts], k)
 
     def _get_analyzer(self, java: jvm.Java):
