@@ -170,6 +170,9 @@ def test_pipeline_on_demo_corpus(tiny_model, trained_run, tmp_path, monkeypatch)
         assert m[f"{row}_lucene_ratio_p50@k3"] > 0 and m[f"{row}_native_ratio_p50@k3"] > 0
         assert m[f"{row}_doc_terms"] > 0
     assert m["idf_query_terms"] < m["sia_query_terms"]   # IDF queries keep only their own tokens
+    from embedx.pretrained import local_model_path
+    if local_model_path("splade-tiny") is not None:       # tokenizer vs word cache, same ids (checked inside)
+        assert m["query_tokenize_p50_us_tokenizer"] > 0 and m["query_tokenize_p50_us_word_cache"] > 0
     # the IDF row is timed on folded impacts, whose ranking is checked against the evaluated one
     assert d["rows"]["idf"]["latency_index"].startswith("query weights folded")
     assert abs(m["idf_lucene_folded_ndcg@10"] - m["idf_lucene_ndcg@10"]) < 0.05

@@ -224,6 +224,27 @@ def latency_pair(a: Callable[[int], object], b: Callable[[int], object], n: int,
             "ratio_total": float(np.median(ta.sum(axis=1) / tb.sum(axis=1)))}
 
 
+def tokenize_costs(qtexts: Sequence[str], rounds: int, clock: Callable[[], float]) -> dict[str, float]:
+    """p50 per query (us) of SPLADE-tiny's tokenizer called directly against the per-word cache
+    the IDF query encoder uses (same ids, checked), interleaved; empty when the model is missing."""
+    from embedx.pretrained import local_model_path
+    from serving.encoders.idf import load_tokenizer
+    from serving.encoders.word_cache import WordCacheTokenizer
+
+    folder = local_model_path("splade-tiny")
+    if folder is None:
+        return {}
+    tok = load_tokenizer(folder)
+    tok.no_padding()
+    tok.no_truncation()
+    cache = WordCacheTokenizer(tok)
+    if cache.ids_batch(qtexts) != [e.ids for e in tok.encode_batch(list(qtexts), add_special_tokens=False)]:
+        raise AssertionError("the word cache's token ids differ from the tokenizer's")
+    st = latency_pair(lambda i: tok.encode(qtexts[i], add_special_tokens=False).ids,
+                      lambda i: cache.ids(qtexts[i]), len(qtexts), rounds, 1, clock)
+    return {"query_tokenize_p50_us_tokenizer": st["a_p50_us"], "query_tokenize_p50_us_word_cache": st["b_p50_us"]}
+
+
 # ---------------------------------------------------------------------- ONNX export and throughput
 def exported(model_dir: Path, precision: str, cache: Path, max_length: int) -> Path:
     """The ONNX export of a document encoder folder, made once per model content, settings and exporter code."""
@@ -417,6 +438,7 @@ def run(ctx: Context) -> dict:
                 per_call[i] = clock() - s
             metrics[f"{r.name}_p50_us@k{k}"] = float(np.median(per_call) * 1e6)
     metrics["bm25_seconds"] = time.perf_counter() - t0
+    metrics.update(tokenize_costs(qtexts, lat_rounds, clock))
 
     # learned rows
     trained: list[Row] = []
