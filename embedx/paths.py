@@ -1,4 +1,4 @@
-"""Where things live: the real-data root and the project's benchmark folder."""
+"""Where things live: the real-data root, the project's benchmark folder and the caches."""
 
 from __future__ import annotations
 
@@ -29,3 +29,13 @@ def benchmarks_dir() -> Path:
         if (base / "benchmarks" / "specs").is_dir():
             return base / "benchmarks"
     return Path.cwd() / "benchmarks"
+
+
+def cache_dir(capability: str) -> Path:
+    """A capability's cache: ``$EMBEDX_CACHE/<capability>``, else
+    ``$XDG_CACHE_HOME/embedx/<capability>``, else ``~/.cache/embedx/<capability>``."""
+    env = os.environ.get("EMBEDX_CACHE")
+    if env:
+        return Path(env).expanduser() / capability
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "embedx" / capability

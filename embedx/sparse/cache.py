@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .. import paths
+
 log = logging.getLogger(__name__)
 
 _FOLDER_HASHES: dict[tuple, str] = {}
@@ -25,11 +27,7 @@ _FOLDER_HASHES: dict[tuple, str] = {}
 
 def default_cache_dir() -> Path:
     """``$EMBEDX_CACHE/sparse``, else ``$XDG_CACHE_HOME/embedx/sparse``, else ``~/.cache/embedx/sparse``."""
-    env = os.environ.get("EMBEDX_CACHE")
-    if env:
-        return Path(env).expanduser() / "sparse"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "embedx" / "sparse"
+    return paths.cache_dir("sparse")
 
 
 def folder_hash(folder: str | os.PathLike) -> str:

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 # atomic_directory lives with the other atomic-write helpers; re-exported for old imports.
 from indexing.fsutil import atomic_directory  # noqa: F401
 
+from ... import paths
+
 
 def default_cache_root() -> Path:
     """``$EMBEDX_CACHE/tables``, else ``$XDG_CACHE_HOME/embedx/tables``, else ``~/.cache/embedx/tables``."""
-    env = os.environ.get("EMBEDX_CACHE")
-    if env:
-        return Path(env).expanduser() / "tables"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "embedx" / "tables"
+    return paths.cache_dir("tables")
 
 
 def settings_key(name: str, settings: dict[str, Any], sources: Sequence[Path]) -> str:
