@@ -75,7 +75,7 @@ class IdfQueryEncoder:
         # queries are tokenized word by word through a cache where that is exact (BERT WordPiece)
         self._words = WordCacheTokenizer(self.tokenizer) if supports_word_cache(self.tokenizer) else None
         self._names: list[str] | None = None   # token strings, once pretokenized() was checked
-        self._weighted: frozenset[int] = frozenset()
+        self._token_words = None   # pretokenized(): word -> its weighted token strings
         self.dimension = int(vocab_size)
         self.n_docs = n_docs
         self.encoder_hash = self._hash()
@@ -162,11 +162,16 @@ class IdfQueryEncoder:
             if any(c.isspace() for i in np.flatnonzero(self.idf).tolist() for c in names[i]):
                 raise EncoderError("a weighted token contains whitespace; it cannot be written pretokenized")
             self._names = names
-            self._weighted = frozenset(np.flatnonzero(self.idf).tolist())
-        names, weighted = self._names, self._weighted
-        # token_ids in plain Python: for a query's ~20 tokens numpy's per-call cost dominates
-        lists = self._words.ids_batch(texts) if self._words is not None else _token_id_lists(self.tokenizer, texts)
-        return [" ".join([names[t] for t in dict.fromkeys(ids) if t in weighted]) for ids in lists]
+            weighted = frozenset(np.flatnonzero(self.idf).tolist())
+            convert = lambda ids: tuple(names[t] for t in ids if t in weighted)   # noqa: E731
+            # the word cache keeps each word's weighted token strings: a query then touches a
+            # few cache entries, not the vocabulary-sized tables (it runs between Lucene searches,
+            # with cold CPU caches, where every scattered lookup costs a miss)
+            self._token_words = WordCacheTokenizer(self.tokenizer, convert=convert) if self._words is not None else convert
+        words = self._token_words
+        if isinstance(words, WordCacheTokenizer):
+            return [" ".join(dict.fromkeys(words.ids(t))) for t in texts]
+        return [" ".join(dict.fromkeys(words(ids))) for ids in _token_id_lists(self.tokenizer, texts)]
 
     def fold_into(self, docs) -> tuple["IdfQueryEncoder", sparse.csr_matrix]:
         """Move the query weights into the documents: ``(binary encoder, docs * weights)``.

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Sequence
+from itertools import chain
+from typing import Callable, Sequence
 
 # After lower-casing, BERT's pre-tokenizer keeps runs of letters and digits and makes every
 # other printable ASCII character (all of them count as punctuation) a token of its own.
@@ -38,32 +39,47 @@ def supports_word_cache(tokenizer) -> bool:
 
 
 class WordCacheTokenizer:
-    """``ids(text)``: the token ids ``tokenizer.encode(text, add_special_tokens=False)`` gives."""
+    """``ids(text)``: the token ids ``tokenizer.encode(text, add_special_tokens=False)`` gives.
 
-    def __init__(self, tokenizer, max_words: int = DEFAULT_MAX_WORDS):
+    ``convert`` (ids -> tuple) is applied to each word's ids before they are cached, so a
+    caller can keep what it needs per token (a weighted token's string, say) and spare
+    every query the per-token lookups; ``ids`` then returns the converted items.
+    """
+
+    def __init__(self, tokenizer, max_words: int = DEFAULT_MAX_WORDS,
+                 convert: Callable[[list[int]], tuple] = tuple):
         if not supports_word_cache(tokenizer):
             raise ValueError("the word cache needs a lower-casing BERT WordPiece tokenizer")
         self.tokenizer = tokenizer
         self.max_words = int(max_words)
-        self._words: dict[str, tuple[int, ...]] = {}
+        self.convert = convert
+        self._words: dict[str, tuple] = {}
         added = [t.content for t in tokenizer.get_added_tokens_decoder().values()]
-        self._added = tuple(a.lower() for a in added if a)
-        self._plain_added = all(a.isascii() for a in self._added)
+        lowered = [a.lower() for a in added if a]
+        if not all(a.isascii() for a in lowered):   # could match after normalising: never cache
+            self._unsafe_added = lambda low: True
+        elif lowered:                                # the tokenizer matches these before splitting
+            self._unsafe_added = lambda low, r=re.compile("|".join(map(re.escape, lowered))): r.search(low) is not None
+        else:
+            self._unsafe_added = lambda low: False
 
-    def ids(self, text: str) -> list[int]:
+    def ids(self, text: str) -> list:
         low = text.lower()
-        if _NOT_PLAIN.search(text) is not None or not self._plain_added or any(a in low for a in self._added):
-            return self.tokenizer.encode(text, add_special_tokens=False).ids
-        out: list[int] = []
-        words = self._words
-        for word in _WORDS.findall(low):
-            piece = words.get(word)
-            if piece is None:
-                piece = tuple(self.tokenizer.encode(word, add_special_tokens=False).ids)
-                if len(words) < self.max_words:
-                    words[word] = piece
-            out.extend(piece)
-        return out
+        if _NOT_PLAIN.search(text) is not None or self._unsafe_added(low):
+            return list(self.convert(self.tokenizer.encode(text, add_special_tokens=False).ids))
+        found = _WORDS.findall(low)
+        pieces = list(map(self._words.get, found))   # C-level loop: this runs once per query
+        if None in pieces:
+            for i, word in enumerate(found):
+                if pieces[i] is None:
+                    pieces[i] = self._word(word)
+        return list(chain.from_iterable(pieces))
 
-    def ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def _word(self, word: str) -> tuple:
+        piece = self.convert(self.tokenizer.encode(word, add_special_tokens=False).ids)
+        if len(self._words) < self.max_words:
+            self._words[word] = piece
+        return piece
+
+    def ids_batch(self, texts: Sequence[str]) -> list[list]:
         return [self.ids(t) for t in texts]

@@ -504,7 +504,7 @@ def run(ctx: Context) -> dict:
                 st = latency_pair(lambda i, k=k, f=index_search: f(i, k),
                                   lambda i, k=k: bm25_search(i, k), len(qtexts), lat_rounds, lat_warmup, clock)
                 metrics[f"{r.name}_{engine}_p50_us@k{k}"] = st["a_p50_us"]
-                metrics[f"{r.name}_bm25_p50_us@k{k}"] = st["b_p50_us"]
+                metrics[f"{r.name}_{engine}_bm25_p50_us@k{k}"] = st["b_p50_us"]   # BM25 in the same pair
                 metrics[f"{r.name}_{engine}_ratio_p50@k{k}"] = st["ratio_p50"]
                 metrics[f"{r.name}_{engine}_ratio_total@k{k}"] = st["ratio_total"]
         lucene.close()
