@@ -167,7 +167,8 @@ class IdfQueryEncoder:
             # the word cache keeps each word's weighted token strings: a query then touches a
             # few cache entries, not the vocabulary-sized tables (it runs between Lucene searches,
             # with cold CPU caches, where every scattered lookup costs a miss)
-            self._token_words = WordCacheTokenizer(self.tokenizer, convert=convert) if self._words is not None else convert
+            self._token_words = (WordCacheTokenizer(self.tokenizer, convert=convert) if self._words is not None
+                                 else convert)
         words = self._token_words
         if isinstance(words, WordCacheTokenizer):
             return [" ".join(dict.fromkeys(words.ids(t))) for t in texts]

@@ -56,16 +56,15 @@ class WordCacheTokenizer:
         self._words: dict[str, tuple] = {}
         added = [t.content for t in tokenizer.get_added_tokens_decoder().values()]
         lowered = [a.lower() for a in added if a]
-        if not all(a.isascii() for a in lowered):   # could match after normalising: never cache
-            self._unsafe_added = lambda low: True
-        elif lowered:                                # the tokenizer matches these before splitting
-            self._unsafe_added = lambda low, r=re.compile("|".join(map(re.escape, lowered))): r.search(low) is not None
-        else:
-            self._unsafe_added = lambda low: False
+        # the tokenizer matches added tokens before splitting: a text holding one bypasses the
+        # cache; a non-ASCII one could match after normalising, so then nothing is cached
+        self._cacheable = all(a.isascii() for a in lowered)
+        self._added = re.compile("|".join(map(re.escape, lowered))) if lowered else None
 
     def ids(self, text: str) -> list:
         low = text.lower()
-        if _NOT_PLAIN.search(text) is not None or self._unsafe_added(low):
+        if (not self._cacheable or _NOT_PLAIN.search(text) is not None
+                or (self._added is not None and self._added.search(low) is not None)):
             return list(self.convert(self.tokenizer.encode(text, add_special_tokens=False).ids))
         found = _WORDS.findall(low)
         pieces = list(map(self._words.get, found))   # C-level loop: this runs once per query
