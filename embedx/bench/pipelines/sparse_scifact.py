@@ -119,7 +119,8 @@ def seed_quality(row: Row, first: Mapping[str, float], texts: Sequence[str], dat
 
     Why: one fine-tuning run on 809 training queries moves by a few thousandths of NDCG@10
     from seed to seed, as much as some gaps between ablation rows. Returns the mean, sample
-    standard deviation and minimum, and one record per seed (a missing folder says so).
+    standard deviation (two runs or more) and minimum, and one record per seed (a missing
+    folder says so).
     """
     from embedx.sparse.evaluate import evaluate_sparse
 
@@ -139,8 +140,9 @@ def seed_quality(row: Row, first: Mapping[str, float], texts: Sequence[str], dat
     metrics: dict[str, float] = {"seeds": len(done)}
     for m in QUALITY:
         v = np.array([r[m] for r in done])
-        metrics.update({f"{m}_mean": float(v.mean()), f"{m}_min": float(v.min()),
-                        f"{m}_sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan")})
+        metrics.update({f"{m}_mean": float(v.mean()), f"{m}_min": float(v.min())})
+        if len(v) > 1:   # a sample sd needs two runs
+            metrics[f"{m}_sd"] = float(v.std(ddof=1))
     return metrics, records
 
 
