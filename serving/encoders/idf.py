@@ -74,8 +74,7 @@ class IdfQueryEncoder:
         self.idf[special_token_ids(self.tokenizer)] = 0.0
         # queries are tokenized word by word through a cache where that is exact (BERT WordPiece)
         self._words = WordCacheTokenizer(self.tokenizer) if supports_word_cache(self.tokenizer) else None
-        self._names: list[str] | None = None   # token strings, once pretokenized() was checked
-        self._token_words = None   # pretokenized(): word -> its weighted token strings
+        self._token_words = None   # pretokenized(): word -> its weighted token strings, made on first use
         self.dimension = int(vocab_size)
         self.n_docs = n_docs
         self.encoder_hash = self._hash()
@@ -154,15 +153,14 @@ class IdfQueryEncoder:
         """
         if isinstance(texts, str):
             raise TypeError("pretokenized takes a sequence of texts, not one string")
-        if self._names is None:
+        if self._token_words is None:
             if not np.isin(self.idf, (0.0, 1.0)).all():
                 raise EncoderError("pretokenized queries weigh every token 1; this encoder's weights are not "
                                    "all 0 or 1 (fold them into the documents first: fold_into)")
             names = self.vocabulary()
-            if any(c.isspace() for i in np.flatnonzero(self.idf).tolist() for c in names[i]):
-                raise EncoderError("a weighted token contains whitespace; it cannot be written pretokenized")
-            self._names = names
             weighted = frozenset(np.flatnonzero(self.idf).tolist())
+            if any(c.isspace() for i in weighted for c in names[i]):
+                raise EncoderError("a weighted token contains whitespace; it cannot be written pretokenized")
             convert = lambda ids: tuple(names[t] for t in ids if t in weighted)   # noqa: E731
             # the word cache keeps each word's weighted token strings: a query then touches a
             # few cache entries, not the vocabulary-sized tables (it runs between Lucene searches,

@@ -124,7 +124,7 @@ def seed_quality(row: Row, first: Mapping[str, float], texts: Sequence[str], dat
     """
     from embedx.sparse.evaluate import evaluate_sparse
 
-    records = [{"model": str(row.model), "seed": _run_seed(row.model), **first}]
+    records = [{"model": str(row.model), "seed": _run_seed(row), **first}]
     for folder in row.seeds:
         sub = Row(name=row.name, kind="trained", model=folder)
         why = training_missing(sub)
@@ -135,7 +135,7 @@ def seed_quality(row: Row, first: Mapping[str, float], texts: Sequence[str], dat
         doc_enc, q_enc, _ = row_encoders(sub, texts, p)
         res = evaluate_sparse(doc_enc, dataset_dir, query_encoder=q_enc, engines=("native",),
                               depth=int(p.get("depth", 100)), progress=False, work_dir=work_dir)
-        records.append({"model": folder, "seed": _run_seed(folder), **{m: res[f"native_{m}"] for m in QUALITY}})
+        records.append({"model": folder, "seed": _run_seed(sub), **{m: res[f"native_{m}"] for m in QUALITY}})
     done = [r for r in records if "status" not in r]
     metrics: dict[str, float] = {"seeds": len(done)}
     for m in QUALITY:
@@ -146,9 +146,8 @@ def seed_quality(row: Row, first: Mapping[str, float], texts: Sequence[str], dat
     return metrics, records
 
 
-def _run_seed(folder: str | None) -> int | None:
-    cfg = training_record(Row(name="", kind="trained", model=folder)).get("config") or {}
-    return cfg.get("seed")
+def _run_seed(row: Row) -> int | None:
+    return (training_record(row).get("config") or {}).get("seed")
 
 
 def train_command(row: Row) -> str:
