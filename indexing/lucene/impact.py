@@ -93,8 +93,8 @@ class LuceneImpactIndex(LuceneIndex):
             # a bag of terms, sent as one string (see search_pretokenized), a fifth of the
             # cost of the JSON below. A CSR row holds each term once, so each weighs 1.
             vocab, indices = self.vocab, q.indices.tolist()
-            return self.search_pretokenized([" ".join([vocab[t] for t in indices[lo:hi]]) for lo, hi in bounds],
-                                            k, threads)
+            return self._search_strings([" ".join([vocab[t] for t in indices[lo:hi]]) for lo, hi in bounds],
+                                        k, threads)
         searcher = self._impact_searcher(threads)
         java = jvm.start()
         ensure_max_clauses(java, max((hi - lo for lo, hi in bounds), default=0))
@@ -119,9 +119,10 @@ class LuceneImpactIndex(LuceneIndex):
         weights were folded into the impacts (``IdfQueryEncoder.pretokenized``). A term
         outside the vocabulary matches nothing; a blank query finds nothing.
         """
-        k = check_k(k)
-        threads = check_threads(threads)
-        texts = check_query_strings(queries, allow_empty=True)
+        return self._search_strings(check_query_strings(queries, allow_empty=True), check_k(k), check_threads(threads))
+
+    def _search_strings(self, texts: list[str], k: int, threads: int) -> SearchResults:
+        """search_pretokenized on checked arguments."""
         searcher = self._impact_searcher(threads)
         java = jvm.start()
         builder = _query_tools(java)[2]
